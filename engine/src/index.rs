@@ -1,0 +1,306 @@
+//! The in-memory extent index of one partition: for each object, which byte ranges live
+//! where on disk. Pure (no I/O) so it can be tested against a model; the partition feeds
+//! it records in log order, both when writing and when replaying.
+
+use std::collections::{BTreeMap, HashMap};
+use std::rc::Rc;
+
+/// One stored payload: a Write or Relocate record's bytes in a segment, with the CRC32C
+/// of each 4 KiB chunk. Shared by every extent that still points into it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct RecordLoc {
+    pub segment: u64,
+    /// File offset of the first payload byte in the segment (BLOCK-aligned).
+    pub payload_pos: u64,
+    pub len: u64,
+    pub crcs: Box<[u32]>,
+}
+
+/// A piece of an object that has data: `len` bytes starting `skip` bytes into `rec`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Extent {
+    pub len: u64,
+    pub rec: Rc<RecordLoc>,
+    pub skip: u64,
+}
+
+/// What a lookup finds for consecutive parts of the requested range.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Piece {
+    Hole { len: u64 },
+    Data { len: u64, rec: Rc<RecordLoc>, skip: u64 },
+}
+
+impl Piece {
+    pub fn len(&self) -> u64 {
+        match self {
+            Piece::Hole { len } | Piece::Data { len, .. } => *len,
+        }
+    }
+}
+
+/// Per-object state: its fixed size, the newest version/epoch written, and its extents.
+#[derive(Debug, Default)]
+pub struct ObjectIndex {
+    pub size: u64,
+    pub version: u64,
+    pub epoch: u32,
+    /// Key: start offset in the object. Extents never overlap.
+    pub extents: BTreeMap<u64, Extent>,
+}
+
+impl ObjectIndex {
+    /// Bytes of the object that hold data (not holes).
+    pub fn used(&self) -> u64 {
+        self.extents.values().map(|e| e.len).sum()
+    }
+
+    /// Removes `[start, start+len)` from the map, trimming or splitting extents that
+    /// cross its edges; reports each removed byte count per segment to `freed`.
+    pub fn punch(&mut self, start: u64, len: u64, freed: &mut impl FnMut(u64, u64)) {
+        let end = start + len;
+        if len == 0 {
+            return;
+        }
+        // The extent that starts before `start` may reach into the range.
+        if let Some((&s, e)) = self.extents.range(..start).next_back() {
+            let e_end = s + e.len;
+            if e_end > start {
+                let e = e.clone();
+                self.extents.get_mut(&s).map(|x| x.len = start - s);
+                freed(e.rec.segment, e_end.min(end) - start);
+                if e_end > end {
+                    let tail_skip = e.skip + (end - s);
+                    self.extents.insert(end, Extent { len: e_end - end, rec: e.rec, skip: tail_skip });
+                }
+            }
+        }
+        // Extents that start inside the range.
+        let inside: Vec<u64> = self.extents.range(start..end).map(|(&s, _)| s).collect();
+        for s in inside {
+            if let Some(e) = self.extents.remove(&s) {
+                let e_end = s + e.len;
+                freed(e.rec.segment, e_end.min(end) - s);
+                if e_end > end {
+                    let tail_skip = e.skip + (end - s);
+                    self.extents.insert(end, Extent { len: e_end - end, rec: e.rec, skip: tail_skip });
+                }
+            }
+        }
+    }
+
+    /// Maps `[start, start+len)` to `rec` from `skip` on, replacing what was there.
+    pub fn insert(
+        &mut self,
+        start: u64,
+        len: u64,
+        rec: Rc<RecordLoc>,
+        skip: u64,
+        freed: &mut impl FnMut(u64, u64),
+        added: &mut impl FnMut(u64, u64),
+    ) {
+        if len == 0 {
+            return;
+        }
+        debug_assert!(skip + len <= rec.len, "extent beyond its record");
+        self.punch(start, len, freed);
+        added(rec.segment, len);
+        self.extents.insert(start, Extent { len, rec, skip });
+    }
+
+    /// Compaction's conditional remap: the parts of `[start, start+len)` that still point
+    /// into record `(src_segment, src_pos)` now point into `new` (whose payload is the
+    /// object's bytes `[start, start+len)` as they were when copied).
+    pub fn relocate(
+        &mut self,
+        start: u64,
+        len: u64,
+        src: (u64, u64),
+        new: &Rc<RecordLoc>,
+        freed: &mut impl FnMut(u64, u64),
+        added: &mut impl FnMut(u64, u64),
+    ) {
+        let end = start + len;
+        let matches: Vec<(u64, u64)> = self
+            .pieces(start, len)
+            .into_iter()
+            .scan(start, |pos, p| {
+                let here = *pos;
+                *pos += p.len();
+                Some((here, p))
+            })
+            .filter_map(|(at, p)| match p {
+                Piece::Data { len, rec, .. } if (rec.segment, rec.payload_pos) == src => Some((at, len)),
+                _ => None,
+            })
+            .collect();
+        for (at, l) in matches {
+            debug_assert!(at + l <= end);
+            self.insert(at, l, new.clone(), at - start, freed, added);
+        }
+    }
+
+    /// Splits `[start, start+len)` into consecutive holes and data pieces.
+    pub fn pieces(&self, start: u64, len: u64) -> Vec<Piece> {
+        let end = start + len;
+        let mut out = Vec::new();
+        let mut pos = start;
+        let first = self.extents.range(..start).next_back().filter(|(&s, e)| s + e.len > start);
+        let iter = first.into_iter().chain(self.extents.range(start..end));
+        for (&s, e) in iter {
+            if s > pos {
+                out.push(Piece::Hole { len: s - pos });
+                pos = s;
+            }
+            let e_end = (s + e.len).min(end);
+            if e_end > pos {
+                out.push(Piece::Data { len: e_end - pos, rec: e.rec.clone(), skip: e.skip + (pos - s) });
+                pos = e_end;
+            }
+        }
+        if pos < end {
+            out.push(Piece::Hole { len: end - pos });
+        }
+        out
+    }
+}
+
+/// Live payload bytes per segment: compaction's measure of how much a segment still holds.
+pub type LiveBytes = HashMap<u64, u64>;
+
+/// One partition's objects.
+#[derive(Debug, Default)]
+pub struct Index {
+    pub objects: HashMap<u64, ObjectIndex>,
+    pub live: LiveBytes,
+}
+
+/// A record as the index sees it, already placed on disk (for writes).
+#[derive(Debug, Clone)]
+pub enum IndexOp {
+    Write { oid: u64, object_size: u64, offset: u64, len: u64, version: u64, epoch: u32, rec: Rc<RecordLoc> },
+    Discard { oid: u64, object_size: u64, offset: u64, len: u64, version: u64, epoch: u32 },
+    Remove { oid: u64 },
+    Relocate { oid: u64, offset: u64, len: u64, src: (u64, u64), rec: Rc<RecordLoc> },
+}
+
+impl Index {
+    /// Applies one record. Records come in log order; applying the same sequence always
+    /// yields the same index (replay relies on it).
+    pub fn apply(&mut self, op: IndexOp) {
+        let live = &mut self.live;
+        let mut freed = |seg: u64, n: u64| {
+            if let Some(v) = live.get_mut(&seg) {
+                *v = v.saturating_sub(n);
+            }
+        };
+        match op {
+            IndexOp::Write { oid, object_size, offset, len, version, epoch, rec } => {
+                let obj = self.objects.entry(oid).or_insert_with(|| ObjectIndex { size: object_size, ..Default::default() });
+                obj.version = obj.version.max(version);
+                obj.epoch = epoch;
+                let mut added_acc = Vec::new();
+                obj.insert(offset, len, rec, 0, &mut freed, &mut |s, n| added_acc.push((s, n)));
+                for (s, n) in added_acc {
+                    *self.live.entry(s).or_default() += n;
+                }
+            }
+            IndexOp::Discard { oid, object_size: _, offset, len, version, epoch } => {
+                // Discarding in an object that does not exist leaves it nonexistent.
+                let Some(obj) = self.objects.get_mut(&oid) else { return };
+                obj.version = obj.version.max(version);
+                obj.epoch = epoch;
+                obj.punch(offset, len, &mut freed);
+            }
+            IndexOp::Remove { oid } => {
+                if let Some(obj) = self.objects.remove(&oid) {
+                    for e in obj.extents.values() {
+                        freed(e.rec.segment, e.len);
+                    }
+                }
+            }
+            IndexOp::Relocate { oid, offset, len, src, rec } => {
+                let Some(obj) = self.objects.get_mut(&oid) else { return };
+                let mut added_acc = Vec::new();
+                obj.relocate(offset, len, src, &rec, &mut freed, &mut |s, n| added_acc.push((s, n)));
+                for (s, n) in added_acc {
+                    *self.live.entry(s).or_default() += n;
+                }
+            }
+        }
+    }
+
+    /// Makes sure `segment` is tracked (with zero live bytes until something points at it).
+    pub fn track_segment(&mut self, segment: u64) {
+        self.live.entry(segment).or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(segment: u64, pos: u64, len: u64) -> Rc<RecordLoc> {
+        Rc::new(RecordLoc { segment, payload_pos: pos, len, crcs: vec![0; len.div_ceil(4096) as usize].into() })
+    }
+
+    fn write(ix: &mut Index, oid: u64, off: u64, len: u64, r: &Rc<RecordLoc>) {
+        ix.apply(IndexOp::Write { oid, object_size: 1 << 22, offset: off, len, version: 1, epoch: 1, rec: r.clone() });
+    }
+
+    #[test]
+    fn overwrite_splits_and_accounts_live_bytes() {
+        let mut ix = Index::default();
+        let a = rec(1, 4096, 10000);
+        let b = rec(2, 4096, 100);
+        write(&mut ix, 7, 0, 10000, &a);
+        write(&mut ix, 7, 5000, 100, &b);
+        let p = ix.objects[&7].pieces(0, 12000);
+        assert_eq!(
+            p,
+            vec![
+                Piece::Data { len: 5000, rec: a.clone(), skip: 0 },
+                Piece::Data { len: 100, rec: b.clone(), skip: 0 },
+                Piece::Data { len: 4900, rec: a.clone(), skip: 5100 },
+                Piece::Hole { len: 2000 },
+            ]
+        );
+        assert_eq!(ix.live[&1], 9900);
+        assert_eq!(ix.live[&2], 100);
+        ix.apply(IndexOp::Discard { oid: 7, object_size: 1 << 22, offset: 4000, len: 2000, version: 2, epoch: 1 });
+        assert_eq!(ix.live[&1], 8000);
+        assert_eq!(ix.live[&2], 0);
+        ix.apply(IndexOp::Remove { oid: 7 });
+        assert_eq!(ix.live[&1], 0);
+        assert!(ix.objects.is_empty());
+    }
+
+    #[test]
+    fn relocate_only_moves_what_still_points_at_the_source() {
+        let mut ix = Index::default();
+        let a = rec(1, 4096, 8192);
+        write(&mut ix, 9, 0, 8192, &a);
+        // A newer write lands in the middle after compaction read the old bytes.
+        let b = rec(3, 0, 100);
+        write(&mut ix, 9, 1000, 100, &b);
+        let c = rec(4, 0, 8192);
+        ix.apply(IndexOp::Relocate { oid: 9, offset: 0, len: 8192, src: (1, 4096), rec: c.clone() });
+        let p = ix.objects[&9].pieces(0, 8192);
+        assert_eq!(
+            p,
+            vec![
+                Piece::Data { len: 1000, rec: c.clone(), skip: 0 },
+                Piece::Data { len: 100, rec: b.clone(), skip: 0 },
+                Piece::Data { len: 7092, rec: c.clone(), skip: 1100 },
+            ]
+        );
+        assert_eq!(ix.live[&1], 0);
+        assert_eq!(ix.live[&4], 8092);
+    }
+
+    #[test]
+    fn pieces_of_an_empty_object_are_one_hole() {
+        let o = ObjectIndex::default();
+        assert_eq!(o.pieces(10, 20), vec![Piece::Hole { len: 20 }]);
+    }
+}

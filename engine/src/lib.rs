@@ -1,0 +1,25 @@
+//! collie-engine: everything one node does with its disks.
+//!
+//! Owns the node-local object store: shards (one glommio executor per core), the
+//! partitions each shard owns, their direct-I/O segment logs with group commit, the
+//! in-memory extent index with checkpoints, CRC32C verification on every read, and
+//! compaction. Later: the gateway fan-out, VDI/inode logic, membership and recovery.
+//!
+//! Must not: take a lock on the data path (shards talk by message), return bytes that
+//! failed their checksum, acknowledge a write before it is durable (unless the store
+//! was opened `nosync`), or panic on anything read from disk.
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+mod checkpoint;
+pub mod error;
+pub mod format;
+pub mod index;
+pub mod partition;
+pub mod shard;
+pub mod store;
+
+pub use error::{Result, StoreError};
+pub use partition::{ObjectInfo, PartitionStats, WriteMeta, MAX_IO, MAX_OBJECT_SIZE};
+pub use shard::Shard;
+pub use store::{Store, StoreConfig};

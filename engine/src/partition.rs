@@ -1,0 +1,1031 @@
+//! One partition: its segment files, its log head, its index, replay at open, group
+//! commit, reads with CRC verification, checkpoints and compaction. Lives on exactly one
+//! shard (`!Send`: it holds `Rc`s and glommio files).
+
+use std::cell::{Cell, RefCell};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::rc::Rc;
+
+use futures::channel::oneshot;
+use glommio::io::{DmaFile, OpenOptions};
+use tracing::{info, warn};
+
+use crate::checkpoint;
+use crate::error::{from_glommio, Result, StoreError};
+use crate::format::*;
+use crate::index::{Index, IndexOp, Piece, RecordLoc};
+
+/// Largest single read or write the store accepts (bigger requests are an error).
+pub const MAX_IO: u64 = 64 << 20;
+/// Largest object the store accepts.
+pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
+/// Records per batch, at most.
+const MAX_BATCH_RECORDS: usize = 1024;
+
+/// Version and epoch a writer attaches to a write, plus the object's fixed size.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct WriteMeta {
+    pub object_size: u64,
+    pub version: u64,
+    pub epoch: u32,
+}
+
+/// What the store knows about one object.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ObjectInfo {
+    pub oid: u64,
+    pub size: u64,
+    /// Bytes that hold data (holes excluded).
+    pub used: u64,
+    pub version: u64,
+    pub epoch: u32,
+}
+
+/// Counters a partition keeps for `dog node info` and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PartitionStats {
+    pub segments: u64,
+    pub segment_bytes: u64,
+    pub live_bytes: u64,
+    pub objects: u64,
+    pub checksum_errors: u64,
+    pub compacted_segments: u64,
+    pub checkpoints: u64,
+}
+
+/// Tunables fixed for the life of an open store.
+#[derive(Clone, Debug)]
+pub struct PartitionConfig {
+    pub segment_size: u64,
+    pub nonce: u32,
+    /// Skip fdatasync (Sheepdog's `-n`): acknowledged writes may be lost on power loss.
+    pub nosync: bool,
+    /// Write a checkpoint once this many bytes were logged since the last one.
+    pub checkpoint_every: u64,
+    /// A sealed segment whose live bytes fall below this fraction is compacted.
+    pub compact_below: f64,
+}
+
+impl PartitionConfig {
+    /// Largest payload one record may carry: two records and their metadata always fit in
+    /// a segment, so a batch of one record can never be refused for size.
+    pub fn max_record(&self) -> u64 {
+        ((self.segment_size - 2 * BLOCK as u64) / 2).min(8 << 20) & !(BLOCK as u64 - 1)
+    }
+    fn max_batch(&self) -> u64 {
+        self.segment_size - BLOCK as u64
+    }
+}
+
+/// A record waiting for the next batch.
+struct Pending {
+    header: RecordHeader,
+    payload: Option<Vec<u8>>,
+    crcs: Vec<u32>,
+    done: oneshot::Sender<Result<()>>,
+}
+
+/// The segment the log appends to.
+struct Head {
+    id: u64,
+    file: Rc<DmaFile>,
+    /// Next batch goes here.
+    pos: u64,
+}
+
+/// A position in the log: replay from here reproduces the index.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LogPos {
+    pub segment: u64,
+    pub offset: u64,
+    pub seq: u64,
+}
+
+struct State {
+    index: Index,
+    segments: BTreeMap<u64, Rc<DmaFile>>,
+    head: Option<Head>,
+    next_segment: u64,
+    next_seq: u64,
+    /// Where the index is exactly up to date (start of the first unapplied batch).
+    applied: LogPos,
+    checkpoint: LogPos,
+    logged_since_checkpoint: u64,
+    pending: Vec<Pending>,
+    stats: PartitionStats,
+}
+
+/// One partition of a store. Owned by one shard.
+pub struct Partition {
+    pub id: u32,
+    dir: PathBuf,
+    cfg: PartitionConfig,
+    st: RefCell<State>,
+    flushing: Cell<bool>,
+    maintaining: Cell<bool>,
+    /// Serializes checkpoint writers (maintenance, close): an older snapshot must never be
+    /// installed after a newer one.
+    ckpt_lock: glommio::sync::Semaphore,
+}
+
+fn seg_name(id: u64) -> String {
+    format!("seg-{id:016x}.log")
+}
+
+fn parse_seg_name(name: &str) -> Option<u64> {
+    let hex = name.strip_prefix("seg-")?.strip_suffix(".log")?;
+    u64::from_str_radix(hex, 16).ok()
+}
+
+async fn open_rw(path: &Path) -> Result<DmaFile> {
+    OpenOptions::new()
+        .read(true)
+        .write(true)
+        .dma_open(path)
+        .await
+        .map_err(|e| from_glommio(format!("opening {}", path.display()), e))
+}
+
+/// fsync a directory so a created, renamed or removed entry survives a crash.
+pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+async fn read_exact(file: &DmaFile, pos: u64, len: usize, what: &str) -> Result<Vec<u8>> {
+    let r = file
+        .read_at_aligned(pos, len)
+        .await
+        .map_err(|e| from_glommio(what.to_string(), e))?;
+    if r.len() < len {
+        return Err(StoreError::io(what.to_string(), std::io::ErrorKind::UnexpectedEof.into()));
+    }
+    Ok(r[..len].to_vec())
+}
+
+impl Partition {
+    pub fn dir_for(store_dir: &Path, id: u32) -> PathBuf {
+        store_dir.join("partitions").join(format!("{id:04}"))
+    }
+
+    /// Opens (or creates) the partition: loads its checkpoint, replays the log after it,
+    /// cuts a torn tail, and writes a fresh checkpoint so the next write starts a new
+    /// segment at a known position.
+    pub async fn open(store_dir: &Path, id: u32, cfg: PartitionConfig) -> Result<Rc<Partition>> {
+        let dir = Self::dir_for(store_dir, id);
+        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        let nonce = cfg.nonce;
+
+        let mut ids = Vec::new();
+        let rd = std::fs::read_dir(&dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        for ent in rd {
+            let ent = ent.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+            if let Some(sid) = ent.file_name().to_str().and_then(parse_seg_name) {
+                ids.push(sid);
+            }
+        }
+        ids.sort_unstable();
+
+        let ckpt = checkpoint::load(&dir, id, nonce)?;
+        let (mut index, start) = match ckpt {
+            Some((ix, pos)) => (ix, pos),
+            None => (Index::default(), LogPos { segment: ids.first().copied().unwrap_or(0), offset: BLOCK as u64, seq: 0 }),
+        };
+        // Every segment the checkpoint's extents point into must still exist.
+        for seg in index.live.keys() {
+            if ids.binary_search(seg).is_err() && index.live[seg] > 0 {
+                return Err(StoreError::Incompatible {
+                    dir: dir.display().to_string(),
+                    why: format!("checkpoint refers to missing segment {seg}"),
+                });
+            }
+        }
+
+        let mut segments = BTreeMap::new();
+        for &sid in &ids {
+            let f = open_rw(&dir.join(seg_name(sid))).await?;
+            segments.insert(sid, Rc::new(f));
+            index.track_segment(sid);
+        }
+
+        // Replay every segment at or after the checkpoint position.
+        let mut seq = start.seq;
+        let mut applied = start;
+        let newest = ids.last().copied();
+        for &sid in ids.iter().filter(|&&s| s >= start.segment) {
+            let file = segments[&sid].clone();
+            let hdr_bytes = read_exact(&file, 0, BLOCK, "reading segment header").await;
+            let hdr: Option<SegmentHeader> = hdr_bytes
+                .ok()
+                .map(|b| bytemuck::pod_read_unaligned(&b[..std::mem::size_of::<SegmentHeader>()]))
+                .filter(|h: &SegmentHeader| h.magic == SEGMENT_MAGIC && h.crc_ok(nonce) && h.segment_id == sid);
+            let Some(hdr) = hdr else {
+                if Some(sid) == newest {
+                    // Torn creation: nothing in it was ever acknowledged.
+                    warn!(partition = id, segment = sid, "removing segment with a torn header");
+                    segments.remove(&sid);
+                    index.live.remove(&sid);
+                    let _ = std::fs::remove_file(dir.join(seg_name(sid)));
+                    continue;
+                }
+                return Err(StoreError::Incompatible {
+                    dir: dir.display().to_string(),
+                    why: format!("segment {sid} has a corrupt header"),
+                });
+            };
+            if hdr.first_seq < seq && sid != start.segment {
+                return Err(StoreError::Incompatible {
+                    dir: dir.display().to_string(),
+                    why: format!("segment {sid} starts at sequence {} before {seq}", hdr.first_seq),
+                });
+            }
+            if sid != start.segment {
+                seq = hdr.first_seq;
+            }
+            let mut pos = if sid == start.segment { start.offset } else { BLOCK as u64 };
+            let file_len = file.file_size().await.map_err(|e| from_glommio("segment size", e))?;
+            let mut last: Option<(LogPos, Vec<IndexOp>, u64)> = None;
+            loop {
+                let Some((ops, total)) = scan_batch(&file, sid, pos, seq, file_len, id, nonce).await else { break };
+                if let Some((_, prev_ops, _)) = last.take() {
+                    for op in prev_ops {
+                        index.apply(op);
+                    }
+                }
+                last = Some((LogPos { segment: sid, offset: pos, seq }, ops, total));
+                pos += total;
+                seq += 1;
+            }
+            // The last batch of a segment may be torn (its write or flush was cut short):
+            // keep it only if every payload chunk matches its CRC.
+            let mut end = pos;
+            if let Some((at, ops, _total)) = last {
+                if payloads_ok(&file, &ops, nonce).await {
+                    for op in ops {
+                        index.apply(op);
+                    }
+                } else {
+                    warn!(partition = id, segment = sid, offset = at.offset, "cutting torn batch at log tail");
+                    end = at.offset;
+                    seq = at.seq;
+                }
+            }
+            applied = LogPos { segment: sid, offset: end, seq };
+            if Some(sid) == newest {
+                // Release the preallocated rest and any garbage after the cut.
+                file.truncate(end).await.map_err(|e| from_glommio("truncating segment tail", e))?;
+            }
+        }
+        let next_segment = newest.map_or(0, |n| n + 1).max(start.segment);
+        let _ = applied;
+        let resume = LogPos { segment: next_segment, offset: BLOCK as u64, seq };
+
+        let mut stats = PartitionStats::default();
+        stats.segments = segments.len() as u64;
+        let part = Rc::new(Partition {
+            id,
+            dir,
+            cfg,
+            st: RefCell::new(State {
+                index,
+                segments,
+                head: None,
+                next_segment,
+                next_seq: seq,
+                applied: resume,
+                checkpoint: start,
+                logged_since_checkpoint: 0,
+                pending: Vec::new(),
+                stats,
+            }),
+            flushing: Cell::new(false),
+            maintaining: Cell::new(false),
+            ckpt_lock: glommio::sync::Semaphore::new(1),
+        });
+        // Writing here makes every existing segment older than the checkpoint, so the next
+        // open replays nothing twice and compaction may work on all of them.
+        if start != resume {
+            part.write_checkpoint().await?;
+        }
+        Ok(part)
+    }
+
+    pub fn config(&self) -> &PartitionConfig {
+        &self.cfg
+    }
+
+    // ---------------------------------------------------------------- writes
+
+    /// Queues one record and waits until it is durable (or failed).
+    async fn submit(self: &Rc<Self>, header: RecordHeader, payload: Option<Vec<u8>>) -> Result<()> {
+        let crcs = payload.as_deref().map(|p| payload_crcs(self.cfg.nonce, p)).unwrap_or_default();
+        let (tx, rx) = oneshot::channel();
+        self.st.borrow_mut().pending.push(Pending { header, payload, crcs, done: tx });
+        if !self.flushing.replace(true) {
+            let me = self.clone();
+            glommio::spawn_local(async move { me.flush_loop().await }).detach();
+        }
+        rx.await.map_err(|_| StoreError::Closed)?
+    }
+
+    /// Writes `data` at `offset` of object `oid`, durably.
+    pub async fn write(self: &Rc<Self>, oid: u64, offset: u64, data: &[u8], meta: WriteMeta) -> Result<()> {
+        self.check_write(oid, offset, data.len() as u64, meta)?;
+        let max = self.cfg.max_record();
+        let parts = data.chunks(max as usize).enumerate().map(|(i, chunk)| {
+            let h = RecordHeader {
+                oid,
+                offset: offset + i as u64 * max,
+                version: meta.version,
+                len: chunk.len() as u32,
+                object_size: meta.object_size as u32,
+                epoch: meta.epoch,
+                kind: RecordKind::Write as u8,
+                ..bytemuck::Zeroable::zeroed()
+            };
+            self.submit(h, Some(chunk.to_vec()))
+        });
+        for r in futures::future::join_all(parts).await {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// Makes `[offset, offset+len)` of the object a hole, durably. A no-op on objects
+    /// that do not exist.
+    pub async fn discard(self: &Rc<Self>, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
+        self.check_write(oid, offset, len, meta)?;
+        let h = RecordHeader {
+            oid,
+            offset,
+            version: meta.version,
+            len: len as u32,
+            object_size: meta.object_size as u32,
+            epoch: meta.epoch,
+            kind: RecordKind::Discard as u8,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        self.submit(h, None).await
+    }
+
+    /// Removes the object, durably. Idempotent.
+    pub async fn remove(self: &Rc<Self>, oid: u64) -> Result<()> {
+        let h = RecordHeader { oid, kind: RecordKind::Remove as u8, ..bytemuck::Zeroable::zeroed() };
+        self.submit(h, None).await
+    }
+
+    fn check_write(&self, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
+        if meta.object_size == 0 || meta.object_size > MAX_OBJECT_SIZE {
+            return Err(StoreError::Invalid(format!(
+                "object size {} outside 1..={MAX_OBJECT_SIZE}",
+                meta.object_size
+            )));
+        }
+        if len > MAX_IO {
+            return Err(StoreError::OutOfRange(format!("request of {len} bytes exceeds the {MAX_IO}-byte limit")));
+        }
+        match offset.checked_add(len) {
+            Some(end) if end <= meta.object_size => {}
+            _ => {
+                return Err(StoreError::OutOfRange(format!(
+                    "range {offset}+{len} outside object {oid:#018x} of {} bytes",
+                    meta.object_size
+                )))
+            }
+        }
+        if let Some(obj) = self.st.borrow().index.objects.get(&oid) {
+            if obj.size != meta.object_size {
+                return Err(StoreError::Invalid(format!(
+                    "object {oid:#018x} has size {}, write says {}",
+                    obj.size, meta.object_size
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Runs batches until nothing is pending. One batch in flight per partition: batch
+    /// N+1 is written only after batch N is durable, so only a log's last batch can be torn.
+    async fn flush_loop(self: Rc<Self>) {
+        loop {
+            let batch = self.take_batch();
+            if batch.is_empty() {
+                self.flushing.set(false);
+                return;
+            }
+            match self.commit(&batch).await {
+                Ok((at, total, ops)) => {
+                    {
+                        let mut st = self.st.borrow_mut();
+                        for op in ops {
+                            st.index.apply(op);
+                        }
+                        st.applied = LogPos { segment: at.segment, offset: at.offset + total, seq: at.seq + 1 };
+                        st.logged_since_checkpoint += total;
+                    }
+                    for p in batch {
+                        let _ = p.done.send(Ok(()));
+                    }
+                }
+                Err(e) => {
+                    warn!(partition = self.id, error = %e, records = batch.len(), "batch failed");
+                    for p in batch {
+                        let _ = p.done.send(Err(e.duplicate()));
+                    }
+                }
+            }
+        }
+    }
+
+    fn take_batch(&self) -> Vec<Pending> {
+        let mut st = self.st.borrow_mut();
+        let max = self.cfg.max_batch();
+        let mut bytes = BLOCK as u64;
+        let mut n = 0;
+        for p in &st.pending {
+            let need = RECORD_HEADER_LEN as u64
+                + 4 * p.crcs.len() as u64
+                + p.payload.as_ref().map_or(0, |d| align_up(d.len() as u64));
+            if n > 0 && (bytes + need + BLOCK as u64 > max || n >= MAX_BATCH_RECORDS) {
+                break;
+            }
+            bytes += need;
+            n += 1;
+        }
+        st.pending.drain(..n).collect()
+    }
+
+    /// Lays out, writes and flushes one batch; returns where it went and its index ops.
+    async fn commit(&self, batch: &[Pending]) -> Result<(LogPos, u64, Vec<IndexOp>)> {
+        let nonce = self.cfg.nonce;
+        // Layout.
+        let meta_used = BATCH_HEADER_LEN + batch.iter().map(|p| RECORD_HEADER_LEN + 4 * p.crcs.len()).sum::<usize>();
+        let meta_len = align_up(meta_used as u64);
+        let mut cursor = meta_len;
+        let mut headers = Vec::with_capacity(batch.len());
+        for p in batch {
+            let mut h = p.header;
+            if let Some(d) = &p.payload {
+                h.payload_off = cursor as u32;
+                h.crc_count = p.crcs.len() as u32;
+                cursor += align_up(d.len() as u64);
+            }
+            headers.push(h);
+        }
+        let total = cursor;
+        let (head_id, file, pos, seq) = self.reserve(total).await?;
+
+        let mut buf = file.alloc_dma_buffer(total as usize);
+        let bytes = buf.as_bytes_mut();
+        let mut off = BATCH_HEADER_LEN;
+        for (h, p) in headers.iter().zip(batch) {
+            bytes[off..off + RECORD_HEADER_LEN].copy_from_slice(bytemuck::bytes_of(h));
+            off += RECORD_HEADER_LEN;
+            let c: &[u8] = bytemuck::cast_slice(&p.crcs);
+            bytes[off..off + c.len()].copy_from_slice(c);
+            off += c.len();
+        }
+        bytes[off..meta_len as usize].fill(0);
+        let meta_crc = crc(nonce, &bytes[BATCH_HEADER_LEN..meta_used]);
+        let bh = BatchHeader {
+            magic: BATCH_MAGIC,
+            format_version: FORMAT_VERSION,
+            partition: self.id,
+            record_count: batch.len() as u32,
+            seq,
+            meta_len: meta_len as u32,
+            meta_used: meta_used as u32,
+            total_len: total,
+            meta_crc,
+            ..bytemuck::Zeroable::zeroed()
+        }
+        .seal(nonce);
+        bytes[..BATCH_HEADER_LEN].copy_from_slice(bytemuck::bytes_of(&bh));
+        for (h, p) in headers.iter().zip(batch) {
+            if let Some(d) = &p.payload {
+                let s = h.payload_off as usize;
+                bytes[s..s + d.len()].copy_from_slice(d);
+                bytes[s + d.len()..s + align_up(d.len() as u64) as usize].fill(0);
+            }
+        }
+
+        let res = async {
+            let n = file.write_at(buf, pos).await.map_err(|e| from_glommio("writing batch", e))?;
+            if n as u64 != total {
+                return Err(StoreError::io("short batch write", std::io::ErrorKind::WriteZero.into()));
+            }
+            if !self.cfg.nosync {
+                file.fdatasync().await.map_err(|e| from_glommio("flushing batch", e))?;
+            }
+            Ok(())
+        }
+        .await;
+        if let Err(e) = res {
+            // Never write after a failed batch in the same segment: seal it, so the next
+            // batch starts a new segment and replay cannot mistake leftovers for records.
+            let mut st = self.st.borrow_mut();
+            if st.head.as_ref().is_some_and(|h| h.id == head_id) {
+                st.head = None;
+            }
+            return Err(e);
+        }
+
+        let at = LogPos { segment: head_id, offset: pos, seq };
+        let ops = headers
+            .iter()
+            .zip(batch)
+            .map(|(h, p)| to_index_op(h, head_id, pos, p.crcs.clone()))
+            .collect();
+        Ok((at, total, ops))
+    }
+
+    /// Finds room for `total` bytes at the log head, starting a new segment if needed.
+    async fn reserve(&self, total: u64) -> Result<(u64, Rc<DmaFile>, u64, u64)> {
+        {
+            let mut st = self.st.borrow_mut();
+            let seq = st.next_seq;
+            if let Some(h) = st.head.as_mut() {
+                if h.pos + total <= self.cfg.segment_size {
+                    let r = (h.id, h.file.clone(), h.pos, seq);
+                    h.pos += total;
+                    st.next_seq += 1;
+                    return Ok(r);
+                }
+            }
+            st.head = None;
+        }
+        let (id, seq) = {
+            let mut st = self.st.borrow_mut();
+            let id = st.next_segment;
+            st.next_segment += 1;
+            (id, st.next_seq)
+        };
+        let file = self.create_segment(id, seq).await?;
+        let mut st = self.st.borrow_mut();
+        st.segments.insert(id, file.clone());
+        st.index.track_segment(id);
+        st.stats.segments += 1;
+        let pos = BLOCK as u64;
+        st.head = Some(Head { id, file: file.clone(), pos: pos + total });
+        st.next_seq += 1;
+        Ok((id, file, pos, seq))
+    }
+
+    async fn create_segment(&self, id: u64, first_seq: u64) -> Result<Rc<DmaFile>> {
+        let path = self.dir.join(seg_name(id));
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create_new(true)
+            .dma_open(&path)
+            .await
+            .map_err(|e| from_glommio(format!("creating {}", path.display()), e))?;
+        let cleanup = |path: &Path| {
+            let _ = std::fs::remove_file(path);
+        };
+        if let Err(e) = file.pre_allocate(self.cfg.segment_size, false).await {
+            cleanup(&path);
+            return Err(from_glommio("preallocating segment", e));
+        }
+        let hdr = SegmentHeader {
+            magic: SEGMENT_MAGIC,
+            format_version: FORMAT_VERSION,
+            partition: self.id,
+            segment_id: id,
+            first_seq,
+            ..bytemuck::Zeroable::zeroed()
+        }
+        .seal(self.cfg.nonce);
+        let mut buf = file.alloc_dma_buffer(BLOCK);
+        buf.as_bytes_mut().fill(0);
+        buf.as_bytes_mut()[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&hdr));
+        if let Err(e) = file.write_at(buf, 0).await {
+            cleanup(&path);
+            return Err(from_glommio("writing segment header", e));
+        }
+        // The header becomes durable with the segment's first batch (same fdatasync); the
+        // directory entry needs its own sync.
+        sync_dir(&self.dir)?;
+        Ok(Rc::new(file))
+    }
+
+    // ---------------------------------------------------------------- reads
+
+    /// Reads `len` bytes at `offset` of the object; holes read as zeros. Every byte
+    /// returned was verified against its CRC32C.
+    pub async fn read(&self, oid: u64, offset: u64, len: u64) -> Result<(Vec<u8>, ObjectInfo)> {
+        if len > MAX_IO {
+            return Err(StoreError::OutOfRange(format!("read of {len} bytes exceeds the {MAX_IO}-byte limit")));
+        }
+        let (pieces, files, info) = {
+            let st = self.st.borrow();
+            let obj = st.index.objects.get(&oid).ok_or(StoreError::NotFound(oid))?;
+            match offset.checked_add(len) {
+                Some(end) if end <= obj.size => {}
+                _ => {
+                    return Err(StoreError::OutOfRange(format!(
+                        "read {offset}+{len} past the end of object {oid:#018x} ({} bytes)",
+                        obj.size
+                    )))
+                }
+            }
+            let pieces = obj.pieces(offset, len);
+            let files: Vec<Option<Rc<DmaFile>>> = pieces
+                .iter()
+                .map(|p| match p {
+                    Piece::Data { rec, .. } => st.segments.get(&rec.segment).cloned(),
+                    Piece::Hole { .. } => None,
+                })
+                .collect();
+            let info = ObjectInfo { oid, size: obj.size, used: 0, version: obj.version, epoch: obj.epoch };
+            (pieces, files, info)
+        };
+        let mut out = vec![0u8; len as usize];
+        let mut jobs = Vec::new();
+        let mut rest: &mut [u8] = &mut out;
+        let mut at = offset;
+        for (p, f) in pieces.iter().zip(files) {
+            let (dst, tail) = std::mem::take(&mut rest).split_at_mut(p.len() as usize);
+            rest = tail;
+            if let Piece::Data { len, rec, skip } = p {
+                let file = f.ok_or_else(|| StoreError::io("segment vanished", std::io::ErrorKind::NotFound.into()))?;
+                jobs.push(self.read_piece(file, rec.clone(), *skip, *len, oid, at, dst));
+            }
+            at += p.len();
+        }
+        for r in futures::future::join_all(jobs).await {
+            r?;
+        }
+        Ok((out, info))
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn read_piece(
+        &self,
+        file: Rc<DmaFile>,
+        rec: Rc<RecordLoc>,
+        skip: u64,
+        len: u64,
+        oid: u64,
+        obj_off: u64,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let c0 = skip / CRC_CHUNK as u64;
+        let c1 = (skip + len).div_ceil(CRC_CHUNK as u64);
+        let start = rec.payload_pos + c0 * CRC_CHUNK as u64;
+        let size = ((c1 - c0) * CRC_CHUNK as u64) as usize;
+        let data = file
+            .read_at_aligned(start, size)
+            .await
+            .map_err(|e| from_glommio("reading segment", e))?;
+        for c in c0..c1 {
+            let chunk_len = (rec.len - c * CRC_CHUNK as u64).min(CRC_CHUNK as u64) as usize;
+            let s = ((c - c0) * CRC_CHUNK as u64) as usize;
+            let ok = data.len() >= s + chunk_len && crc(self.cfg.nonce, &data[s..s + chunk_len]) == rec.crcs[c as usize];
+            if !ok {
+                self.st.borrow_mut().stats.checksum_errors += 1;
+                let bad_at = obj_off + (c * CRC_CHUNK as u64).saturating_sub(skip);
+                warn!(partition = self.id, oid = format_args!("{oid:#018x}"), offset = bad_at, segment = rec.segment, "checksum mismatch");
+                return Err(StoreError::Checksum { oid, offset: bad_at, segment: rec.segment });
+            }
+        }
+        let from = (skip - c0 * CRC_CHUNK as u64) as usize;
+        dst.copy_from_slice(&data[from..from + len as usize]);
+        Ok(())
+    }
+
+    /// Data and hole ranges of `[offset, offset+len)` (for NBD block status).
+    pub fn extents(&self, oid: u64, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
+        let st = self.st.borrow();
+        let obj = st.index.objects.get(&oid).ok_or(StoreError::NotFound(oid))?;
+        let end = offset.checked_add(len).filter(|&e| e <= obj.size);
+        if end.is_none() {
+            return Err(StoreError::OutOfRange(format!("range {offset}+{len} outside object {oid:#018x}")));
+        }
+        Ok(obj.pieces(offset, len).iter().map(|p| (p.len(), matches!(p, Piece::Data { .. }))).collect())
+    }
+
+    pub fn stat(&self, oid: u64) -> Option<ObjectInfo> {
+        let st = self.st.borrow();
+        st.index.objects.get(&oid).map(|o| ObjectInfo { oid, size: o.size, used: o.used(), version: o.version, epoch: o.epoch })
+    }
+
+    pub fn list(&self) -> Vec<u64> {
+        self.st.borrow().index.objects.keys().copied().collect()
+    }
+
+    pub fn stats(&self) -> PartitionStats {
+        let st = self.st.borrow();
+        let mut s = st.stats;
+        s.segments = st.segments.len() as u64;
+        s.segment_bytes = st.segments.keys().count() as u64 * self.cfg.segment_size;
+        s.live_bytes = st.index.live.values().sum();
+        s.objects = st.index.objects.len() as u64;
+        s
+    }
+
+    // ---------------------------------------------------------------- maintenance
+
+    /// Writes a checkpoint of the index as of the last applied batch.
+    pub async fn write_checkpoint(&self) -> Result<()> {
+        let _guard = self.ckpt_lock.acquire_permit(1).await.map_err(|_| StoreError::Closed)?;
+        let (bytes, pos) = {
+            let st = self.st.borrow();
+            (checkpoint::encode(&st.index, self.id, st.applied, self.cfg.nonce), st.applied)
+        };
+        checkpoint::store(&self.dir, &bytes).await?;
+        let mut st = self.st.borrow_mut();
+        st.checkpoint = pos;
+        st.logged_since_checkpoint = 0;
+        st.stats.checkpoints += 1;
+        Ok(())
+    }
+
+    /// Waits until every queued record is durable.
+    pub async fn drain(&self) {
+        while self.flushing.get() {
+            glommio::timer::sleep(std::time::Duration::from_millis(1)).await;
+        }
+    }
+
+    /// Background work: checkpoint when the log grew, compact sparse segments, delete
+    /// dead ones. Runs in the shard's low-priority queue; returns quickly when idle.
+    pub async fn maintain(self: &Rc<Self>) -> Result<()> {
+        if self.maintaining.replace(true) {
+            return Ok(());
+        }
+        let r = self.maintain_inner().await;
+        self.maintaining.set(false);
+        r
+    }
+
+    async fn maintain_inner(self: &Rc<Self>) -> Result<()> {
+        let (need_ckpt, victims) = {
+            let st = self.st.borrow();
+            let head = st.head.as_ref().map(|h| h.id);
+            let seg_size = self.cfg.segment_size as f64;
+            // Only segments wholly before the checkpoint: their records are never replayed,
+            // so dropping them cannot resurrect anything a later discard or remove killed.
+            let mut cands: Vec<(u64, u64)> = st
+                .index
+                .live
+                .iter()
+                .filter(|(&s, _)| s < st.checkpoint.segment && Some(s) != head)
+                .filter(|(_, &l)| (l as f64) < seg_size * self.cfg.compact_below)
+                .map(|(&s, &l)| (l, s))
+                .collect();
+            cands.sort_unstable();
+            // Bound the space compaction needs: copy at most half a segment per round.
+            let mut budget = self.cfg.segment_size / 2;
+            let victims: Vec<u64> = cands
+                .into_iter()
+                .take_while(|(l, _)| {
+                    let ok = *l <= budget;
+                    budget = budget.saturating_sub(*l);
+                    ok
+                })
+                .map(|(_, s)| s)
+                .collect();
+            let dead_after_ckpt = st.index.live.iter().any(|(&s, &l)| l == 0 && s >= st.checkpoint.segment && Some(s) != head);
+            let need = st.logged_since_checkpoint >= self.cfg.checkpoint_every || dead_after_ckpt;
+            (need, victims)
+        };
+        if victims.is_empty() {
+            if need_ckpt {
+                self.write_checkpoint().await?;
+            }
+            return Ok(());
+        }
+        for &seg in &victims {
+            self.relocate_segment(seg).await?;
+            glommio::yield_if_needed().await;
+        }
+        // Relocations are durable; make a checkpoint that no longer needs the victims.
+        self.write_checkpoint().await?;
+        let dead: Vec<(u64, Rc<DmaFile>)> = {
+            let mut st = self.st.borrow_mut();
+            let ckpt_seg = st.checkpoint.segment;
+            let dead: Vec<u64> = st
+                .index
+                .live
+                .iter()
+                .filter(|(&s, &l)| l == 0 && s < ckpt_seg && st.head.as_ref().map(|h| h.id) != Some(s))
+                .map(|(&s, _)| s)
+                .collect();
+            dead.into_iter()
+                .filter_map(|s| {
+                    st.index.live.remove(&s);
+                    st.segments.remove(&s).map(|f| (s, f))
+                })
+                .collect()
+        };
+        for (s, _f) in &dead {
+            std::fs::remove_file(self.dir.join(seg_name(*s)))
+                .map_err(|e| StoreError::io(format!("removing segment {s}"), e))?;
+        }
+        if !dead.is_empty() {
+            sync_dir(&self.dir)?;
+            self.st.borrow_mut().stats.compacted_segments += dead.len() as u64;
+            info!(partition = self.id, segments = dead.len(), "compacted");
+        }
+        Ok(())
+    }
+
+    /// Copies every live extent of `seg` to the log head as Relocate records.
+    async fn relocate_segment(self: &Rc<Self>, seg: u64) -> Result<()> {
+        let extents: Vec<(u64, u64, u64, Rc<RecordLoc>, u64)> = {
+            let st = self.st.borrow();
+            st.index
+                .objects
+                .iter()
+                .flat_map(|(&oid, o)| {
+                    o.extents
+                        .iter()
+                        .filter(|(_, e)| e.rec.segment == seg)
+                        .map(move |(&s, e)| (oid, s, e.len, e.rec.clone(), e.skip))
+                })
+                .collect()
+        };
+        let file = match self.st.borrow().segments.get(&seg) {
+            Some(f) => f.clone(),
+            None => return Ok(()),
+        };
+        for (oid, start, len, rec, skip) in extents {
+            let mut data = vec![0u8; len as usize];
+            // A chunk that fails its CRC stays where it is (and keeps its segment alive):
+            // moving it would launder corrupt bytes into a fresh CRC.
+            if self.read_piece(file.clone(), rec.clone(), skip, len, oid, start, &mut data).await.is_err() {
+                continue;
+            }
+            let Some(info) = self.stat(oid) else { continue };
+            let max = self.cfg.max_record();
+            for (i, chunk) in data.chunks(max as usize).enumerate() {
+                let h = RecordHeader {
+                    oid,
+                    offset: start + i as u64 * max,
+                    version: info.version,
+                    src_segment: rec.segment,
+                    src_payload_pos: rec.payload_pos,
+                    len: chunk.len() as u32,
+                    object_size: info.size as u32,
+                    epoch: info.epoch,
+                    kind: RecordKind::Relocate as u8,
+                    ..bytemuck::Zeroable::zeroed()
+                };
+                self.submit(h, Some(chunk.to_vec())).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Flushes, checkpoints and closes (clean shutdown).
+    pub async fn close(&self) -> Result<()> {
+        self.drain().await;
+        self.write_checkpoint().await?;
+        let files: Vec<Rc<DmaFile>> = {
+            let mut st = self.st.borrow_mut();
+            st.head = None;
+            std::mem::take(&mut st.segments).into_values().collect()
+        };
+        for f in files {
+            if let Ok(f) = Rc::try_unwrap(f) {
+                let _ = f.close().await;
+            }
+        }
+        Ok(())
+    }
+}
+
+fn to_index_op(h: &RecordHeader, segment: u64, batch_pos: u64, crcs: Vec<u32>) -> IndexOp {
+    let kind = RecordKind::from_u8(h.kind);
+    let rec = || {
+        Rc::new(RecordLoc {
+            segment,
+            payload_pos: batch_pos + h.payload_off as u64,
+            len: h.len as u64,
+            crcs: crcs.clone().into_boxed_slice(),
+        })
+    };
+    match kind {
+        Some(RecordKind::Write) => IndexOp::Write {
+            oid: h.oid,
+            object_size: h.object_size as u64,
+            offset: h.offset,
+            len: h.len as u64,
+            version: h.version,
+            epoch: h.epoch,
+            rec: rec(),
+        },
+        Some(RecordKind::Discard) => IndexOp::Discard {
+            oid: h.oid,
+            object_size: h.object_size as u64,
+            offset: h.offset,
+            len: h.len as u64,
+            version: h.version,
+            epoch: h.epoch,
+        },
+        Some(RecordKind::Relocate) => IndexOp::Relocate {
+            oid: h.oid,
+            offset: h.offset,
+            len: h.len as u64,
+            src: (h.src_segment, h.src_payload_pos),
+            rec: rec(),
+        },
+        Some(RecordKind::Remove) | None => IndexOp::Remove { oid: h.oid },
+    }
+}
+
+/// Reads and validates the batch at `pos`; `None` ends the segment's log.
+async fn scan_batch(
+    file: &DmaFile,
+    segment: u64,
+    pos: u64,
+    seq: u64,
+    file_len: u64,
+    partition: u32,
+    nonce: u32,
+) -> Option<(Vec<IndexOp>, u64)> {
+    if pos + BLOCK as u64 > file_len {
+        return None;
+    }
+    let first = read_exact(file, pos, BLOCK, "scanning log").await.ok()?;
+    let bh: BatchHeader = bytemuck::pod_read_unaligned(&first[..BATCH_HEADER_LEN]);
+    let sane = bh.magic == BATCH_MAGIC
+        && bh.crc_ok(nonce)
+        && bh.format_version == FORMAT_VERSION
+        && bh.partition == partition
+        && bh.seq == seq
+        && bh.meta_len as u64 % BLOCK as u64 == 0
+        && bh.total_len % BLOCK as u64 == 0
+        && (bh.meta_used as u64) <= bh.meta_len as u64
+        && bh.meta_len as u64 <= bh.total_len
+        && pos.checked_add(bh.total_len).is_some_and(|e| e <= file_len);
+    if !sane {
+        return None;
+    }
+    let meta = if bh.meta_len as usize == BLOCK {
+        first
+    } else {
+        read_exact(file, pos, bh.meta_len as usize, "scanning log").await.ok()?
+    };
+    if crc(nonce, &meta[BATCH_HEADER_LEN..bh.meta_used as usize]) != bh.meta_crc {
+        return None;
+    }
+    let mut ops = Vec::with_capacity(bh.record_count as usize);
+    let mut off = BATCH_HEADER_LEN;
+    for _ in 0..bh.record_count {
+        let end = off + RECORD_HEADER_LEN;
+        if end > bh.meta_used as usize {
+            return None;
+        }
+        let h: RecordHeader = bytemuck::pod_read_unaligned(&meta[off..end]);
+        off = end;
+        let kind = RecordKind::from_u8(h.kind)?;
+        let n = h.crc_count as usize;
+        if kind.has_payload() {
+            if n as u64 != crc_count(h.len as u64)
+                || h.payload_off as u64 % BLOCK as u64 != 0
+                || (h.payload_off as u64) < bh.meta_len as u64
+                || h.payload_off as u64 + h.len as u64 > bh.total_len
+            {
+                return None;
+            }
+        } else if n != 0 {
+            return None;
+        }
+        let cend = off + 4 * n;
+        if cend > bh.meta_used as usize {
+            return None;
+        }
+        let crcs: Vec<u32> = meta[off..cend].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        off = cend;
+        ops.push(to_index_op(&h, segment, pos, crcs));
+    }
+    Some((ops, bh.total_len))
+}
+
+/// True if every payload chunk of the batch's records matches its CRC.
+async fn payloads_ok(file: &DmaFile, ops: &[IndexOp], nonce: u32) -> bool {
+    for op in ops {
+        let rec = match op {
+            IndexOp::Write { rec, .. } | IndexOp::Relocate { rec, .. } => rec,
+            _ => continue,
+        };
+        if rec.len == 0 {
+            continue;
+        }
+        let Ok(data) = read_exact(file, rec.payload_pos, align_up(rec.len) as usize, "verifying log tail").await else {
+            return false;
+        };
+        let good = data[..rec.len as usize]
+            .chunks(CRC_CHUNK)
+            .zip(rec.crcs.iter())
+            .all(|(c, &want)| crc(nonce, c) == want);
+        if !good {
+            return false;
+        }
+    }
+    true
+}

@@ -1,0 +1,58 @@
+//! Shared helpers for the engine's integration tests: where test stores live, a small
+//! store configuration, and re-running this test binary as a child process.
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use collie_engine::{StoreConfig, WriteMeta};
+
+pub const OBJ: u64 = 4 << 20;
+
+/// A fresh directory on the disk that holds `target/` (a real file system, not tmpfs,
+/// so O_DIRECT is exercised). Removed when the guard drops.
+pub fn test_dir(name: &str) -> tempfile::TempDir {
+    let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+    std::fs::create_dir_all(&base).unwrap();
+    tempfile::Builder::new().prefix(name).tempdir_in(base).unwrap()
+}
+
+/// Small segments and eager maintenance, so tests reach compaction and checkpoints.
+pub fn small_config(dir: impl Into<PathBuf>) -> StoreConfig {
+    let mut c = StoreConfig::new(dir);
+    c.shards = 2;
+    c.partitions = 8;
+    c.segment_size = 1 << 20;
+    c.checkpoint_every = 2 << 20;
+    c.maintenance_every = Duration::from_millis(50);
+    c
+}
+
+pub fn meta(version: u64) -> WriteMeta {
+    WriteMeta { object_size: OBJ, version, epoch: 1 }
+}
+
+/// Deterministic bytes for (seed, len).
+pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Runs the test named `test` of this same test binary in a child process, with `env`
+/// set; the child finds its instructions in the environment.
+pub fn child_command(test: &str, env: &[(&str, String)]) -> std::process::Command {
+    let exe = std::env::current_exe().unwrap();
+    let mut cmd = std::process::Command::new(exe);
+    cmd.args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"]);
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
