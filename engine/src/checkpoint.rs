@@ -82,17 +82,24 @@ impl Reader<'_> {
         Some(s)
     }
     fn u64(&mut self) -> Option<u64> {
-        self.take(8).map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
+        self.take(8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or_default()))
     }
     fn u32(&mut self) -> Option<u32> {
-        self.take(4).map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
+        self.take(4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or_default()))
     }
 }
 
 /// Parses a checkpoint file's bytes; `None` if anything is off.
 pub fn decode(bytes: &[u8], partition: u32, nonce: u32) -> Option<(Index, LogPos)> {
-    let hdr: CheckpointHeader = bytemuck::pod_read_unaligned(bytes.get(..std::mem::size_of::<CheckpointHeader>())?);
-    if hdr.magic != CHECKPOINT_MAGIC || !hdr.crc_ok(nonce) || hdr.format_version != FORMAT_VERSION || hdr.partition != partition {
+    let hdr: CheckpointHeader =
+        bytemuck::pod_read_unaligned(bytes.get(..std::mem::size_of::<CheckpointHeader>())?);
+    if hdr.magic != CHECKPOINT_MAGIC
+        || !hdr.crc_ok(nonce)
+        || hdr.format_version != FORMAT_VERSION
+        || hdr.partition != partition
+    {
         return None;
     }
     let body = bytes.get(BLOCK..BLOCK.checked_add(usize::try_from(hdr.body_len).ok()?)?)?;
@@ -109,13 +116,27 @@ pub fn decode(bytes: &[u8], partition: u32, nonce: u32) -> Option<(Index, LogPos
         if n as u64 != crc_count(len) {
             return None;
         }
-        let crcs: Vec<u32> = r.take(n.checked_mul(4)?)?.chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
-        recs.push(Rc::new(RecordLoc { segment, payload_pos, len, crcs: crcs.into() }));
+        let crcs: Vec<u32> = r
+            .take(n.checked_mul(4)?)?
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        recs.push(Rc::new(RecordLoc {
+            segment,
+            payload_pos,
+            len,
+            crcs: crcs.into(),
+        }));
     }
     let mut index = Index::default();
     for _ in 0..hdr.object_count {
         let oid = r.u64()?;
-        let mut o = ObjectIndex { size: r.u64()?, version: r.u64()?, epoch: r.u32()?, ..Default::default() };
+        let mut o = ObjectIndex {
+            size: r.u64()?,
+            version: r.u64()?,
+            epoch: r.u32()?,
+            ..Default::default()
+        };
         let n = r.u32()?;
         for _ in 0..n {
             let start = r.u64()?;
@@ -130,7 +151,14 @@ pub fn decode(bytes: &[u8], partition: u32, nonce: u32) -> Option<(Index, LogPos
         }
         index.objects.insert(oid, o);
     }
-    Some((index, LogPos { segment: hdr.log_segment, offset: hdr.log_offset, seq: hdr.next_seq }))
+    Some((
+        index,
+        LogPos {
+            segment: hdr.log_segment,
+            offset: hdr.log_offset,
+            seq: hdr.next_seq,
+        },
+    ))
 }
 
 /// Loads `dir/checkpoint`: `Ok(None)` if there is none yet, an error if it is corrupt
@@ -143,10 +171,12 @@ pub fn load(dir: &Path, partition: u32, nonce: u32) -> Result<Option<(Index, Log
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(StoreError::io(format!("reading {}", path.display()), e)),
     };
-    decode(&bytes, partition, nonce).map(Some).ok_or_else(|| StoreError::Incompatible {
-        dir: dir.display().to_string(),
-        why: "checkpoint is corrupt".into(),
-    })
+    decode(&bytes, partition, nonce)
+        .map(Some)
+        .ok_or_else(|| StoreError::Incompatible {
+            dir: dir.display().to_string(),
+            why: "checkpoint is corrupt".into(),
+        })
 }
 
 /// Durably replaces `dir/checkpoint` with `bytes` (already BLOCK-padded).
@@ -163,13 +193,24 @@ pub async fn store(dir: &Path, bytes: &[u8]) -> Result<()> {
         .map_err(|e| from_glommio("creating checkpoint", e))?;
     let mut buf = file.alloc_dma_buffer(bytes.len());
     buf.as_bytes_mut().copy_from_slice(bytes);
-    let n = file.write_at(buf, 0).await.map_err(|e| from_glommio("writing checkpoint", e))?;
+    let n = file
+        .write_at(buf, 0)
+        .await
+        .map_err(|e| from_glommio("writing checkpoint", e))?;
     if n != bytes.len() {
-        return Err(StoreError::io("short checkpoint write", std::io::ErrorKind::WriteZero.into()));
+        return Err(StoreError::io(
+            "short checkpoint write",
+            std::io::ErrorKind::WriteZero.into(),
+        ));
     }
-    file.fdatasync().await.map_err(|e| from_glommio("flushing checkpoint", e))?;
-    file.close().await.map_err(|e| from_glommio("closing checkpoint", e))?;
-    std::fs::rename(&tmp, dir.join(FILE)).map_err(|e| StoreError::io("installing checkpoint", e))?;
+    file.fdatasync()
+        .await
+        .map_err(|e| from_glommio("flushing checkpoint", e))?;
+    file.close()
+        .await
+        .map_err(|e| from_glommio("closing checkpoint", e))?;
+    std::fs::rename(&tmp, dir.join(FILE))
+        .map_err(|e| StoreError::io("installing checkpoint", e))?;
     sync_dir(dir)
 }
 
@@ -181,14 +222,41 @@ mod tests {
     #[test]
     fn round_trip_and_corruption() {
         let mut ix = Index::default();
-        let r = Rc::new(RecordLoc { segment: 3, payload_pos: 8192, len: 5000, crcs: vec![1, 2].into() });
-        ix.apply(IndexOp::Write { oid: 1, object_size: 1 << 20, offset: 100, len: 5000, version: 4, epoch: 2, rec: r.clone() });
-        ix.apply(IndexOp::Discard { oid: 1, object_size: 1 << 20, offset: 200, len: 10, version: 5, epoch: 2 });
-        let pos = LogPos { segment: 4, offset: 4096, seq: 9 };
+        let r = Rc::new(RecordLoc {
+            segment: 3,
+            payload_pos: 8192,
+            len: 5000,
+            crcs: vec![1, 2].into(),
+        });
+        ix.apply(IndexOp::Write {
+            oid: 1,
+            object_size: 1 << 20,
+            offset: 100,
+            len: 5000,
+            version: 4,
+            epoch: 2,
+            rec: r.clone(),
+        });
+        ix.apply(IndexOp::Discard {
+            oid: 1,
+            object_size: 1 << 20,
+            offset: 200,
+            len: 10,
+            version: 5,
+            epoch: 2,
+        });
+        let pos = LogPos {
+            segment: 4,
+            offset: 4096,
+            seq: 9,
+        };
         let bytes = encode(&ix, 7, pos, 42);
         let (back, p) = decode(&bytes, 7, 42).expect("decodes");
         assert_eq!(p, pos);
-        assert_eq!(back.objects[&1].pieces(0, 6000), ix.objects[&1].pieces(0, 6000));
+        assert_eq!(
+            back.objects[&1].pieces(0, 6000),
+            ix.objects[&1].pieces(0, 6000)
+        );
         assert_eq!(back.objects[&1].version, 5);
         assert_eq!(back.live[&3], 4990);
         assert!(decode(&bytes, 8, 42).is_none(), "wrong partition");

@@ -16,7 +16,9 @@ pub enum StoreError {
     #[error("no space left for {what}")]
     NoSpace { what: String },
     /// Stored bytes did not match their CRC32C: never returned as data.
-    #[error("checksum mismatch in object {oid:#018x} at object offset {offset} (segment {segment})")]
+    #[error(
+        "checksum mismatch in object {oid:#018x} at object offset {offset} (segment {segment})"
+    )]
     Checksum { oid: u64, offset: u64, segment: u64 },
     /// The object does not exist on this node.
     #[error("object {0:#018x} not found")]
@@ -58,13 +60,22 @@ impl StoreError {
                 },
             },
             StoreError::NoSpace { what } => StoreError::NoSpace { what: what.clone() },
-            StoreError::Checksum { oid, offset, segment } => {
-                StoreError::Checksum { oid: *oid, offset: *offset, segment: *segment }
-            }
+            StoreError::Checksum {
+                oid,
+                offset,
+                segment,
+            } => StoreError::Checksum {
+                oid: *oid,
+                offset: *offset,
+                segment: *segment,
+            },
             StoreError::NotFound(o) => StoreError::NotFound(*o),
             StoreError::OutOfRange(s) => StoreError::OutOfRange(s.clone()),
             StoreError::Invalid(s) => StoreError::Invalid(s.clone()),
-            StoreError::Incompatible { dir, why } => StoreError::Incompatible { dir: dir.clone(), why: why.clone() },
+            StoreError::Incompatible { dir, why } => StoreError::Incompatible {
+                dir: dir.clone(),
+                why: why.clone(),
+            },
             StoreError::Closed => StoreError::Closed,
         }
     }

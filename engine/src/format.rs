@@ -250,7 +250,10 @@ mod tests {
         let mut bytes = bytemuck::bytes_of(&b).to_vec();
         let back: BatchHeader = bytemuck::pod_read_unaligned(&bytes);
         assert!(back.crc_ok(nonce));
-        assert!(!back.crc_ok(nonce ^ 1), "another store's nonce must not validate");
+        assert!(
+            !back.crc_ok(nonce ^ 1),
+            "another store's nonce must not validate"
+        );
         for i in 0..bytes.len() {
             bytes[i] ^= 0x40;
             let bad: BatchHeader = bytemuck::pod_read_unaligned(&bytes);

@@ -27,8 +27,14 @@ pub struct Extent {
 /// What a lookup finds for consecutive parts of the requested range.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Piece {
-    Hole { len: u64 },
-    Data { len: u64, rec: Rc<RecordLoc>, skip: u64 },
+    Hole {
+        len: u64,
+    },
+    Data {
+        len: u64,
+        rec: Rc<RecordLoc>,
+        skip: u64,
+    },
 }
 
 impl Piece {
@@ -71,7 +77,14 @@ impl ObjectIndex {
                 freed(e.rec.segment, e_end.min(end) - start);
                 if e_end > end {
                     let tail_skip = e.skip + (end - s);
-                    self.extents.insert(end, Extent { len: e_end - end, rec: e.rec, skip: tail_skip });
+                    self.extents.insert(
+                        end,
+                        Extent {
+                            len: e_end - end,
+                            rec: e.rec,
+                            skip: tail_skip,
+                        },
+                    );
                 }
             }
         }
@@ -83,7 +96,14 @@ impl ObjectIndex {
                 freed(e.rec.segment, e_end.min(end) - s);
                 if e_end > end {
                     let tail_skip = e.skip + (end - s);
-                    self.extents.insert(end, Extent { len: e_end - end, rec: e.rec, skip: tail_skip });
+                    self.extents.insert(
+                        end,
+                        Extent {
+                            len: e_end - end,
+                            rec: e.rec,
+                            skip: tail_skip,
+                        },
+                    );
                 }
             }
         }
@@ -130,7 +150,9 @@ impl ObjectIndex {
                 Some((here, p))
             })
             .filter_map(|(at, p)| match p {
-                Piece::Data { len, rec, .. } if (rec.segment, rec.payload_pos) == src => Some((at, len)),
+                Piece::Data { len, rec, .. } if (rec.segment, rec.payload_pos) == src => {
+                    Some((at, len))
+                }
                 _ => None,
             })
             .collect();
@@ -145,7 +167,11 @@ impl ObjectIndex {
         let end = start + len;
         let mut out = Vec::new();
         let mut pos = start;
-        let first = self.extents.range(..start).next_back().filter(|(&s, e)| s + e.len > start);
+        let first = self
+            .extents
+            .range(..start)
+            .next_back()
+            .filter(|(&s, e)| s + e.len > start);
         let iter = first.into_iter().chain(self.extents.range(start..end));
         for (&s, e) in iter {
             if s > pos {
@@ -154,7 +180,11 @@ impl ObjectIndex {
             }
             let e_end = (s + e.len).min(end);
             if e_end > pos {
-                out.push(Piece::Data { len: e_end - pos, rec: e.rec.clone(), skip: e.skip + (pos - s) });
+                out.push(Piece::Data {
+                    len: e_end - pos,
+                    rec: e.rec.clone(),
+                    skip: e.skip + (pos - s),
+                });
                 pos = e_end;
             }
         }
@@ -178,10 +208,33 @@ pub struct Index {
 /// A record as the index sees it, already placed on disk (for writes).
 #[derive(Debug, Clone)]
 pub enum IndexOp {
-    Write { oid: u64, object_size: u64, offset: u64, len: u64, version: u64, epoch: u32, rec: Rc<RecordLoc> },
-    Discard { oid: u64, object_size: u64, offset: u64, len: u64, version: u64, epoch: u32 },
-    Remove { oid: u64 },
-    Relocate { oid: u64, offset: u64, len: u64, src: (u64, u64), rec: Rc<RecordLoc> },
+    Write {
+        oid: u64,
+        object_size: u64,
+        offset: u64,
+        len: u64,
+        version: u64,
+        epoch: u32,
+        rec: Rc<RecordLoc>,
+    },
+    Discard {
+        oid: u64,
+        object_size: u64,
+        offset: u64,
+        len: u64,
+        version: u64,
+        epoch: u32,
+    },
+    Remove {
+        oid: u64,
+    },
+    Relocate {
+        oid: u64,
+        offset: u64,
+        len: u64,
+        src: (u64, u64),
+        rec: Rc<RecordLoc>,
+    },
 }
 
 impl Index {
@@ -195,19 +248,41 @@ impl Index {
             }
         };
         match op {
-            IndexOp::Write { oid, object_size, offset, len, version, epoch, rec } => {
-                let obj = self.objects.entry(oid).or_insert_with(|| ObjectIndex { size: object_size, ..Default::default() });
+            IndexOp::Write {
+                oid,
+                object_size,
+                offset,
+                len,
+                version,
+                epoch,
+                rec,
+            } => {
+                let obj = self.objects.entry(oid).or_insert_with(|| ObjectIndex {
+                    size: object_size,
+                    ..Default::default()
+                });
                 obj.version = obj.version.max(version);
                 obj.epoch = epoch;
                 let mut added_acc = Vec::new();
-                obj.insert(offset, len, rec, 0, &mut freed, &mut |s, n| added_acc.push((s, n)));
+                obj.insert(offset, len, rec, 0, &mut freed, &mut |s, n| {
+                    added_acc.push((s, n))
+                });
                 for (s, n) in added_acc {
                     *self.live.entry(s).or_default() += n;
                 }
             }
-            IndexOp::Discard { oid, object_size: _, offset, len, version, epoch } => {
+            IndexOp::Discard {
+                oid,
+                object_size: _,
+                offset,
+                len,
+                version,
+                epoch,
+            } => {
                 // Discarding in an object that does not exist leaves it nonexistent.
-                let Some(obj) = self.objects.get_mut(&oid) else { return };
+                let Some(obj) = self.objects.get_mut(&oid) else {
+                    return;
+                };
                 obj.version = obj.version.max(version);
                 obj.epoch = epoch;
                 obj.punch(offset, len, &mut freed);
@@ -219,10 +294,20 @@ impl Index {
                     }
                 }
             }
-            IndexOp::Relocate { oid, offset, len, src, rec } => {
-                let Some(obj) = self.objects.get_mut(&oid) else { return };
+            IndexOp::Relocate {
+                oid,
+                offset,
+                len,
+                src,
+                rec,
+            } => {
+                let Some(obj) = self.objects.get_mut(&oid) else {
+                    return;
+                };
                 let mut added_acc = Vec::new();
-                obj.relocate(offset, len, src, &rec, &mut freed, &mut |s, n| added_acc.push((s, n)));
+                obj.relocate(offset, len, src, &rec, &mut freed, &mut |s, n| {
+                    added_acc.push((s, n))
+                });
                 for (s, n) in added_acc {
                     *self.live.entry(s).or_default() += n;
                 }
@@ -241,11 +326,24 @@ mod tests {
     use super::*;
 
     fn rec(segment: u64, pos: u64, len: u64) -> Rc<RecordLoc> {
-        Rc::new(RecordLoc { segment, payload_pos: pos, len, crcs: vec![0; len.div_ceil(4096) as usize].into() })
+        Rc::new(RecordLoc {
+            segment,
+            payload_pos: pos,
+            len,
+            crcs: vec![0; len.div_ceil(4096) as usize].into(),
+        })
     }
 
     fn write(ix: &mut Index, oid: u64, off: u64, len: u64, r: &Rc<RecordLoc>) {
-        ix.apply(IndexOp::Write { oid, object_size: 1 << 22, offset: off, len, version: 1, epoch: 1, rec: r.clone() });
+        ix.apply(IndexOp::Write {
+            oid,
+            object_size: 1 << 22,
+            offset: off,
+            len,
+            version: 1,
+            epoch: 1,
+            rec: r.clone(),
+        });
     }
 
     #[test]
@@ -259,15 +357,34 @@ mod tests {
         assert_eq!(
             p,
             vec![
-                Piece::Data { len: 5000, rec: a.clone(), skip: 0 },
-                Piece::Data { len: 100, rec: b.clone(), skip: 0 },
-                Piece::Data { len: 4900, rec: a.clone(), skip: 5100 },
+                Piece::Data {
+                    len: 5000,
+                    rec: a.clone(),
+                    skip: 0
+                },
+                Piece::Data {
+                    len: 100,
+                    rec: b.clone(),
+                    skip: 0
+                },
+                Piece::Data {
+                    len: 4900,
+                    rec: a.clone(),
+                    skip: 5100
+                },
                 Piece::Hole { len: 2000 },
             ]
         );
         assert_eq!(ix.live[&1], 9900);
         assert_eq!(ix.live[&2], 100);
-        ix.apply(IndexOp::Discard { oid: 7, object_size: 1 << 22, offset: 4000, len: 2000, version: 2, epoch: 1 });
+        ix.apply(IndexOp::Discard {
+            oid: 7,
+            object_size: 1 << 22,
+            offset: 4000,
+            len: 2000,
+            version: 2,
+            epoch: 1,
+        });
         assert_eq!(ix.live[&1], 8000);
         assert_eq!(ix.live[&2], 0);
         ix.apply(IndexOp::Remove { oid: 7 });
@@ -284,14 +401,32 @@ mod tests {
         let b = rec(3, 0, 100);
         write(&mut ix, 9, 1000, 100, &b);
         let c = rec(4, 0, 8192);
-        ix.apply(IndexOp::Relocate { oid: 9, offset: 0, len: 8192, src: (1, 4096), rec: c.clone() });
+        ix.apply(IndexOp::Relocate {
+            oid: 9,
+            offset: 0,
+            len: 8192,
+            src: (1, 4096),
+            rec: c.clone(),
+        });
         let p = ix.objects[&9].pieces(0, 8192);
         assert_eq!(
             p,
             vec![
-                Piece::Data { len: 1000, rec: c.clone(), skip: 0 },
-                Piece::Data { len: 100, rec: b.clone(), skip: 0 },
-                Piece::Data { len: 7092, rec: c.clone(), skip: 1100 },
+                Piece::Data {
+                    len: 1000,
+                    rec: c.clone(),
+                    skip: 0
+                },
+                Piece::Data {
+                    len: 100,
+                    rec: b.clone(),
+                    skip: 0
+                },
+                Piece::Data {
+                    len: 7092,
+                    rec: c.clone(),
+                    skip: 1100
+                },
             ]
         );
         assert_eq!(ix.live[&1], 0);

@@ -160,7 +160,10 @@ async fn read_exact(file: &DmaFile, pos: u64, len: usize, what: &str) -> Result<
         .await
         .map_err(|e| from_glommio(what.to_string(), e))?;
     if r.len() < len {
-        return Err(StoreError::io(what.to_string(), std::io::ErrorKind::UnexpectedEof.into()));
+        return Err(StoreError::io(
+            what.to_string(),
+            std::io::ErrorKind::UnexpectedEof.into(),
+        ));
     }
     Ok(r[..len].to_vec())
 }
@@ -175,11 +178,13 @@ impl Partition {
     /// segment at a known position.
     pub async fn open(store_dir: &Path, id: u32, cfg: PartitionConfig) -> Result<Rc<Partition>> {
         let dir = Self::dir_for(store_dir, id);
-        std::fs::create_dir_all(&dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(&dir)
+            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
         let nonce = cfg.nonce;
 
         let mut ids = Vec::new();
-        let rd = std::fs::read_dir(&dir).map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
+        let rd = std::fs::read_dir(&dir)
+            .map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
         for ent in rd {
             let ent = ent.map_err(|e| StoreError::io(format!("listing {}", dir.display()), e))?;
             if let Some(sid) = ent.file_name().to_str().and_then(parse_seg_name) {
@@ -191,7 +196,14 @@ impl Partition {
         let ckpt = checkpoint::load(&dir, id, nonce)?;
         let (mut index, start) = match ckpt {
             Some((ix, pos)) => (ix, pos),
-            None => (Index::default(), LogPos { segment: ids.first().copied().unwrap_or(0), offset: BLOCK as u64, seq: 0 }),
+            None => (
+                Index::default(),
+                LogPos {
+                    segment: ids.first().copied().unwrap_or(0),
+                    offset: BLOCK as u64,
+                    seq: 0,
+                },
+            ),
         };
         // Every segment the checkpoint's extents point into must still exist.
         for seg in index.live.keys() {
@@ -220,11 +232,17 @@ impl Partition {
             let hdr: Option<SegmentHeader> = hdr_bytes
                 .ok()
                 .map(|b| bytemuck::pod_read_unaligned(&b[..std::mem::size_of::<SegmentHeader>()]))
-                .filter(|h: &SegmentHeader| h.magic == SEGMENT_MAGIC && h.crc_ok(nonce) && h.segment_id == sid);
+                .filter(|h: &SegmentHeader| {
+                    h.magic == SEGMENT_MAGIC && h.crc_ok(nonce) && h.segment_id == sid
+                });
             let Some(hdr) = hdr else {
                 if Some(sid) == newest {
                     // Torn creation: nothing in it was ever acknowledged.
-                    warn!(partition = id, segment = sid, "removing segment with a torn header");
+                    warn!(
+                        partition = id,
+                        segment = sid,
+                        "removing segment with a torn header"
+                    );
                     segments.remove(&sid);
                     index.live.remove(&sid);
                     let _ = std::fs::remove_file(dir.join(seg_name(sid)));
@@ -238,25 +256,61 @@ impl Partition {
             if hdr.first_seq < seq && sid != start.segment {
                 return Err(StoreError::Incompatible {
                     dir: dir.display().to_string(),
-                    why: format!("segment {sid} starts at sequence {} before {seq}", hdr.first_seq),
+                    why: format!(
+                        "segment {sid} starts at sequence {} before {seq}",
+                        hdr.first_seq
+                    ),
                 });
             }
             if sid != start.segment {
                 seq = hdr.first_seq;
             }
-            let mut pos = if sid == start.segment { start.offset } else { BLOCK as u64 };
-            let file_len = file.file_size().await.map_err(|e| from_glommio("segment size", e))?;
+            let mut pos = if sid == start.segment {
+                start.offset
+            } else {
+                BLOCK as u64
+            };
+            let file_len = file
+                .file_size()
+                .await
+                .map_err(|e| from_glommio("segment size", e))?;
             let mut last: Option<(LogPos, Vec<IndexOp>, u64)> = None;
             loop {
-                let Some((ops, total)) = scan_batch(&file, sid, pos, seq, file_len, id, nonce).await else { break };
+                let Some((ops, total)) =
+                    scan_batch(&file, sid, pos, seq, file_len, id, nonce).await
+                else {
+                    break;
+                };
                 if let Some((_, prev_ops, _)) = last.take() {
                     for op in prev_ops {
                         index.apply(op);
                     }
                 }
-                last = Some((LogPos { segment: sid, offset: pos, seq }, ops, total));
+                last = Some((
+                    LogPos {
+                        segment: sid,
+                        offset: pos,
+                        seq,
+                    },
+                    ops,
+                    total,
+                ));
                 pos += total;
                 seq += 1;
+            }
+            // The log of this segment ends at `pos`. That must be the tail: if a valid
+            // batch header with a later sequence number follows, a record in the middle
+            // was damaged, and treating it as the tail would silently drop acknowledged
+            // writes after it. Refuse instead.
+            if let Some(at) = later_batch(&file, pos + BLOCK as u64, seq, file_len, id, nonce).await
+            {
+                return Err(StoreError::Incompatible {
+                    dir: dir.display().to_string(),
+                    why: format!(
+                        "segment {sid}: log damaged at offset {pos} but continues at {at}; \
+                         refusing to drop the records after it (the partition needs repair from other copies)"
+                    ),
+                });
             }
             // The last batch of a segment may be torn (its write or flush was cut short):
             // keep it only if every payload chunk matches its CRC.
@@ -267,20 +321,35 @@ impl Partition {
                         index.apply(op);
                     }
                 } else {
-                    warn!(partition = id, segment = sid, offset = at.offset, "cutting torn batch at log tail");
+                    warn!(
+                        partition = id,
+                        segment = sid,
+                        offset = at.offset,
+                        "cutting torn batch at log tail"
+                    );
                     end = at.offset;
                     seq = at.seq;
                 }
             }
-            applied = LogPos { segment: sid, offset: end, seq };
+            applied = LogPos {
+                segment: sid,
+                offset: end,
+                seq,
+            };
             if Some(sid) == newest {
                 // Release the preallocated rest and any garbage after the cut.
-                file.truncate(end).await.map_err(|e| from_glommio("truncating segment tail", e))?;
+                file.truncate(end)
+                    .await
+                    .map_err(|e| from_glommio("truncating segment tail", e))?;
             }
         }
         let next_segment = newest.map_or(0, |n| n + 1).max(start.segment);
         let _ = applied;
-        let resume = LogPos { segment: next_segment, offset: BLOCK as u64, seq };
+        let resume = LogPos {
+            segment: next_segment,
+            offset: BLOCK as u64,
+            seq,
+        };
 
         let mut stats = PartitionStats::default();
         stats.segments = segments.len() as u64;
@@ -320,9 +389,17 @@ impl Partition {
 
     /// Queues one record and waits until it is durable (or failed).
     async fn submit(self: &Rc<Self>, header: RecordHeader, payload: Option<Vec<u8>>) -> Result<()> {
-        let crcs = payload.as_deref().map(|p| payload_crcs(self.cfg.nonce, p)).unwrap_or_default();
+        let crcs = payload
+            .as_deref()
+            .map(|p| payload_crcs(self.cfg.nonce, p))
+            .unwrap_or_default();
         let (tx, rx) = oneshot::channel();
-        self.st.borrow_mut().pending.push(Pending { header, payload, crcs, done: tx });
+        self.st.borrow_mut().pending.push(Pending {
+            header,
+            payload,
+            crcs,
+            done: tx,
+        });
         if !self.flushing.replace(true) {
             let me = self.clone();
             glommio::spawn_local(async move { me.flush_loop().await }).detach();
@@ -331,7 +408,13 @@ impl Partition {
     }
 
     /// Writes `data` at `offset` of object `oid`, durably.
-    pub async fn write(self: &Rc<Self>, oid: u64, offset: u64, data: &[u8], meta: WriteMeta) -> Result<()> {
+    pub async fn write(
+        self: &Rc<Self>,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        meta: WriteMeta,
+    ) -> Result<()> {
         self.check_write(oid, offset, data.len() as u64, meta)?;
         let max = self.cfg.max_record();
         let parts = data.chunks(max as usize).enumerate().map(|(i, chunk)| {
@@ -355,7 +438,13 @@ impl Partition {
 
     /// Makes `[offset, offset+len)` of the object a hole, durably. A no-op on objects
     /// that do not exist.
-    pub async fn discard(self: &Rc<Self>, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
+    pub async fn discard(
+        self: &Rc<Self>,
+        oid: u64,
+        offset: u64,
+        len: u64,
+        meta: WriteMeta,
+    ) -> Result<()> {
         self.check_write(oid, offset, len, meta)?;
         let h = RecordHeader {
             oid,
@@ -372,7 +461,11 @@ impl Partition {
 
     /// Removes the object, durably. Idempotent.
     pub async fn remove(self: &Rc<Self>, oid: u64) -> Result<()> {
-        let h = RecordHeader { oid, kind: RecordKind::Remove as u8, ..bytemuck::Zeroable::zeroed() };
+        let h = RecordHeader {
+            oid,
+            kind: RecordKind::Remove as u8,
+            ..bytemuck::Zeroable::zeroed()
+        };
         self.submit(h, None).await
     }
 
@@ -384,7 +477,9 @@ impl Partition {
             )));
         }
         if len > MAX_IO {
-            return Err(StoreError::OutOfRange(format!("request of {len} bytes exceeds the {MAX_IO}-byte limit")));
+            return Err(StoreError::OutOfRange(format!(
+                "request of {len} bytes exceeds the {MAX_IO}-byte limit"
+            )));
         }
         match offset.checked_add(len) {
             Some(end) if end <= meta.object_size => {}
@@ -422,7 +517,11 @@ impl Partition {
                         for op in ops {
                             st.index.apply(op);
                         }
-                        st.applied = LogPos { segment: at.segment, offset: at.offset + total, seq: at.seq + 1 };
+                        st.applied = LogPos {
+                            segment: at.segment,
+                            offset: at.offset + total,
+                            seq: at.seq + 1,
+                        };
                         st.logged_since_checkpoint += total;
                     }
                     for p in batch {
@@ -461,7 +560,11 @@ impl Partition {
     async fn commit(&self, batch: &[Pending]) -> Result<(LogPos, u64, Vec<IndexOp>)> {
         let nonce = self.cfg.nonce;
         // Layout.
-        let meta_used = BATCH_HEADER_LEN + batch.iter().map(|p| RECORD_HEADER_LEN + 4 * p.crcs.len()).sum::<usize>();
+        let meta_used = BATCH_HEADER_LEN
+            + batch
+                .iter()
+                .map(|p| RECORD_HEADER_LEN + 4 * p.crcs.len())
+                .sum::<usize>();
         let meta_len = align_up(meta_used as u64);
         let mut cursor = meta_len;
         let mut headers = Vec::with_capacity(batch.len());
@@ -512,12 +615,20 @@ impl Partition {
         }
 
         let res = async {
-            let n = file.write_at(buf, pos).await.map_err(|e| from_glommio("writing batch", e))?;
+            let n = file
+                .write_at(buf, pos)
+                .await
+                .map_err(|e| from_glommio("writing batch", e))?;
             if n as u64 != total {
-                return Err(StoreError::io("short batch write", std::io::ErrorKind::WriteZero.into()));
+                return Err(StoreError::io(
+                    "short batch write",
+                    std::io::ErrorKind::WriteZero.into(),
+                ));
             }
             if !self.cfg.nosync {
-                file.fdatasync().await.map_err(|e| from_glommio("flushing batch", e))?;
+                file.fdatasync()
+                    .await
+                    .map_err(|e| from_glommio("flushing batch", e))?;
             }
             Ok(())
         }
@@ -532,7 +643,11 @@ impl Partition {
             return Err(e);
         }
 
-        let at = LogPos { segment: head_id, offset: pos, seq };
+        let at = LogPos {
+            segment: head_id,
+            offset: pos,
+            seq,
+        };
         let ops = headers
             .iter()
             .zip(batch)
@@ -568,7 +683,11 @@ impl Partition {
         st.index.track_segment(id);
         st.stats.segments += 1;
         let pos = BLOCK as u64;
-        st.head = Some(Head { id, file: file.clone(), pos: pos + total });
+        st.head = Some(Head {
+            id,
+            file: file.clone(),
+            pos: pos + total,
+        });
         st.next_seq += 1;
         Ok((id, file, pos, seq))
     }
@@ -600,7 +719,8 @@ impl Partition {
         .seal(self.cfg.nonce);
         let mut buf = file.alloc_dma_buffer(BLOCK);
         buf.as_bytes_mut().fill(0);
-        buf.as_bytes_mut()[..std::mem::size_of::<SegmentHeader>()].copy_from_slice(bytemuck::bytes_of(&hdr));
+        buf.as_bytes_mut()[..std::mem::size_of::<SegmentHeader>()]
+            .copy_from_slice(bytemuck::bytes_of(&hdr));
         if let Err(e) = file.write_at(buf, 0).await {
             cleanup(&path);
             return Err(from_glommio("writing segment header", e));
@@ -617,11 +737,17 @@ impl Partition {
     /// returned was verified against its CRC32C.
     pub async fn read(&self, oid: u64, offset: u64, len: u64) -> Result<(Vec<u8>, ObjectInfo)> {
         if len > MAX_IO {
-            return Err(StoreError::OutOfRange(format!("read of {len} bytes exceeds the {MAX_IO}-byte limit")));
+            return Err(StoreError::OutOfRange(format!(
+                "read of {len} bytes exceeds the {MAX_IO}-byte limit"
+            )));
         }
         let (pieces, files, info) = {
             let st = self.st.borrow();
-            let obj = st.index.objects.get(&oid).ok_or(StoreError::NotFound(oid))?;
+            let obj = st
+                .index
+                .objects
+                .get(&oid)
+                .ok_or(StoreError::NotFound(oid))?;
             match offset.checked_add(len) {
                 Some(end) if end <= obj.size => {}
                 _ => {
@@ -639,7 +765,13 @@ impl Partition {
                     Piece::Hole { .. } => None,
                 })
                 .collect();
-            let info = ObjectInfo { oid, size: obj.size, used: 0, version: obj.version, epoch: obj.epoch };
+            let info = ObjectInfo {
+                oid,
+                size: obj.size,
+                used: 0,
+                version: obj.version,
+                epoch: obj.epoch,
+            };
             (pieces, files, info)
         };
         let mut out = vec![0u8; len as usize];
@@ -650,7 +782,9 @@ impl Partition {
             let (dst, tail) = std::mem::take(&mut rest).split_at_mut(p.len() as usize);
             rest = tail;
             if let Piece::Data { len, rec, skip } = p {
-                let file = f.ok_or_else(|| StoreError::io("segment vanished", std::io::ErrorKind::NotFound.into()))?;
+                let file = f.ok_or_else(|| {
+                    StoreError::io("segment vanished", std::io::ErrorKind::NotFound.into())
+                })?;
                 jobs.push(self.read_piece(file, rec.clone(), *skip, *len, oid, at, dst));
             }
             at += p.len();
@@ -683,12 +817,23 @@ impl Partition {
         for c in c0..c1 {
             let chunk_len = (rec.len - c * CRC_CHUNK as u64).min(CRC_CHUNK as u64) as usize;
             let s = ((c - c0) * CRC_CHUNK as u64) as usize;
-            let ok = data.len() >= s + chunk_len && crc(self.cfg.nonce, &data[s..s + chunk_len]) == rec.crcs[c as usize];
+            let ok = data.len() >= s + chunk_len
+                && crc(self.cfg.nonce, &data[s..s + chunk_len]) == rec.crcs[c as usize];
             if !ok {
                 self.st.borrow_mut().stats.checksum_errors += 1;
                 let bad_at = obj_off + (c * CRC_CHUNK as u64).saturating_sub(skip);
-                warn!(partition = self.id, oid = format_args!("{oid:#018x}"), offset = bad_at, segment = rec.segment, "checksum mismatch");
-                return Err(StoreError::Checksum { oid, offset: bad_at, segment: rec.segment });
+                warn!(
+                    partition = self.id,
+                    oid = format_args!("{oid:#018x}"),
+                    offset = bad_at,
+                    segment = rec.segment,
+                    "checksum mismatch"
+                );
+                return Err(StoreError::Checksum {
+                    oid,
+                    offset: bad_at,
+                    segment: rec.segment,
+                });
             }
         }
         let from = (skip - c0 * CRC_CHUNK as u64) as usize;
@@ -699,17 +844,33 @@ impl Partition {
     /// Data and hole ranges of `[offset, offset+len)` (for NBD block status).
     pub fn extents(&self, oid: u64, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
         let st = self.st.borrow();
-        let obj = st.index.objects.get(&oid).ok_or(StoreError::NotFound(oid))?;
+        let obj = st
+            .index
+            .objects
+            .get(&oid)
+            .ok_or(StoreError::NotFound(oid))?;
         let end = offset.checked_add(len).filter(|&e| e <= obj.size);
         if end.is_none() {
-            return Err(StoreError::OutOfRange(format!("range {offset}+{len} outside object {oid:#018x}")));
+            return Err(StoreError::OutOfRange(format!(
+                "range {offset}+{len} outside object {oid:#018x}"
+            )));
         }
-        Ok(obj.pieces(offset, len).iter().map(|p| (p.len(), matches!(p, Piece::Data { .. }))).collect())
+        Ok(obj
+            .pieces(offset, len)
+            .iter()
+            .map(|p| (p.len(), matches!(p, Piece::Data { .. })))
+            .collect())
     }
 
     pub fn stat(&self, oid: u64) -> Option<ObjectInfo> {
         let st = self.st.borrow();
-        st.index.objects.get(&oid).map(|o| ObjectInfo { oid, size: o.size, used: o.used(), version: o.version, epoch: o.epoch })
+        st.index.objects.get(&oid).map(|o| ObjectInfo {
+            oid,
+            size: o.size,
+            used: o.used(),
+            version: o.version,
+            epoch: o.epoch,
+        })
     }
 
     pub fn list(&self) -> Vec<u64> {
@@ -728,19 +889,37 @@ impl Partition {
 
     // ---------------------------------------------------------------- maintenance
 
-    /// Writes a checkpoint of the index as of the last applied batch.
-    pub async fn write_checkpoint(&self) -> Result<()> {
-        let _guard = self.ckpt_lock.acquire_permit(1).await.map_err(|_| StoreError::Closed)?;
-        let (bytes, pos) = {
+    /// Writes a checkpoint of the index as of the last applied batch. Returns the
+    /// segments that hold nothing live in that snapshot: once it is durable, nothing
+    /// refers to them any more and they may be deleted.
+    pub async fn write_checkpoint(&self) -> Result<Vec<u64>> {
+        let _guard = self
+            .ckpt_lock
+            .acquire_permit(1)
+            .await
+            .map_err(|_| StoreError::Closed)?;
+        let (bytes, pos, dead) = {
             let st = self.st.borrow();
-            (checkpoint::encode(&st.index, self.id, st.applied, self.cfg.nonce), st.applied)
+            let head = st.head.as_ref().map(|h| h.id);
+            let dead: Vec<u64> = st
+                .index
+                .live
+                .iter()
+                .filter(|(&s, &l)| l == 0 && s < st.applied.segment && Some(s) != head)
+                .map(|(&s, _)| s)
+                .collect();
+            (
+                checkpoint::encode(&st.index, self.id, st.applied, self.cfg.nonce),
+                st.applied,
+                dead,
+            )
         };
         checkpoint::store(&self.dir, &bytes).await?;
         let mut st = self.st.borrow_mut();
         st.checkpoint = pos;
         st.logged_since_checkpoint = 0;
         st.stats.checkpoints += 1;
-        Ok(())
+        Ok(dead)
     }
 
     /// Waits until every queued record is durable.
@@ -788,14 +967,13 @@ impl Partition {
                 })
                 .map(|(_, s)| s)
                 .collect();
-            let dead_after_ckpt = st.index.live.iter().any(|(&s, &l)| l == 0 && s >= st.checkpoint.segment && Some(s) != head);
+            let dead_after_ckpt = st.index.live.iter().any(|(&s, &l)| {
+                l == 0 && s >= st.checkpoint.segment && s < st.applied.segment && Some(s) != head
+            });
             let need = st.logged_since_checkpoint >= self.cfg.checkpoint_every || dead_after_ckpt;
             (need, victims)
         };
-        if victims.is_empty() {
-            if need_ckpt {
-                self.write_checkpoint().await?;
-            }
+        if victims.is_empty() && !need_ckpt {
             return Ok(());
         }
         for &seg in &victims {
@@ -803,18 +981,11 @@ impl Partition {
             glommio::yield_if_needed().await;
         }
         // Relocations are durable; make a checkpoint that no longer needs the victims.
-        self.write_checkpoint().await?;
+        let dead_in_snapshot = self.write_checkpoint().await?;
         let dead: Vec<(u64, Rc<DmaFile>)> = {
             let mut st = self.st.borrow_mut();
-            let ckpt_seg = st.checkpoint.segment;
-            let dead: Vec<u64> = st
-                .index
-                .live
-                .iter()
-                .filter(|(&s, &l)| l == 0 && s < ckpt_seg && st.head.as_ref().map(|h| h.id) != Some(s))
-                .map(|(&s, _)| s)
-                .collect();
-            dead.into_iter()
+            dead_in_snapshot
+                .into_iter()
                 .filter_map(|s| {
                     st.index.live.remove(&s);
                     st.segments.remove(&s).map(|f| (s, f))
@@ -856,7 +1027,11 @@ impl Partition {
             let mut data = vec![0u8; len as usize];
             // A chunk that fails its CRC stays where it is (and keeps its segment alive):
             // moving it would launder corrupt bytes into a fresh CRC.
-            if self.read_piece(file.clone(), rec.clone(), skip, len, oid, start, &mut data).await.is_err() {
+            if self
+                .read_piece(file.clone(), rec.clone(), skip, len, oid, start, &mut data)
+                .await
+                .is_err()
+            {
                 continue;
             }
             let Some(info) = self.stat(oid) else { continue };
@@ -968,7 +1143,9 @@ async fn scan_batch(
     let meta = if bh.meta_len as usize == BLOCK {
         first
     } else {
-        read_exact(file, pos, bh.meta_len as usize, "scanning log").await.ok()?
+        read_exact(file, pos, bh.meta_len as usize, "scanning log")
+            .await
+            .ok()?
     };
     if crc(nonce, &meta[BATCH_HEADER_LEN..bh.meta_used as usize]) != bh.meta_crc {
         return None;
@@ -999,11 +1176,51 @@ async fn scan_batch(
         if cend > bh.meta_used as usize {
             return None;
         }
-        let crcs: Vec<u32> = meta[off..cend].chunks_exact(4).map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        let crcs: Vec<u32> = meta[off..cend]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
         off = cend;
         ops.push(to_index_op(&h, segment, pos, crcs));
     }
     Some((ops, bh.total_len))
+}
+
+/// Looks for a valid batch header with a sequence number after `seq` anywhere in
+/// `[from, file_len)`; returns its offset.
+async fn later_batch(
+    file: &DmaFile,
+    from: u64,
+    seq: u64,
+    file_len: u64,
+    partition: u32,
+    nonce: u32,
+) -> Option<u64> {
+    const CHUNK: u64 = 1 << 20;
+    let mut at = from;
+    while at < file_len {
+        let len = CHUNK.min(file_len - at) as usize;
+        let buf = file.read_at_aligned(at, len).await.ok()?;
+        for (i, block) in buf.chunks(BLOCK).enumerate() {
+            if block.len() < BATCH_HEADER_LEN {
+                break;
+            }
+            let bh: BatchHeader = bytemuck::pod_read_unaligned(&block[..BATCH_HEADER_LEN]);
+            if bh.magic == BATCH_MAGIC
+                && bh.partition == partition
+                && bh.seq > seq
+                && bh.crc_ok(nonce)
+            {
+                return Some(at + (i * BLOCK) as u64);
+            }
+        }
+        if buf.len() < len {
+            break;
+        }
+        at += len as u64;
+        glommio::yield_if_needed().await;
+    }
+    None
 }
 
 /// True if every payload chunk of the batch's records matches its CRC.
@@ -1016,7 +1233,14 @@ async fn payloads_ok(file: &DmaFile, ops: &[IndexOp], nonce: u32) -> bool {
         if rec.len == 0 {
             continue;
         }
-        let Ok(data) = read_exact(file, rec.payload_pos, align_up(rec.len) as usize, "verifying log tail").await else {
+        let Ok(data) = read_exact(
+            file,
+            rec.payload_pos,
+            align_up(rec.len) as usize,
+            "verifying log tail",
+        )
+        .await
+        else {
             return false;
         };
         let good = data[..rec.len as usize]

@@ -37,12 +37,34 @@ pub fn owner_of(partition: u32, shards: usize) -> usize {
 /// A request that crossed to the owning shard.
 #[derive(Debug)]
 pub enum Op {
-    Write { oid: u64, offset: u64, data: Vec<u8>, meta: WriteMeta },
-    Read { oid: u64, offset: u64, len: u64 },
-    Discard { oid: u64, offset: u64, len: u64, meta: WriteMeta },
-    Remove { oid: u64 },
-    Stat { oid: u64 },
-    Extents { oid: u64, offset: u64, len: u64 },
+    Write {
+        oid: u64,
+        offset: u64,
+        data: Vec<u8>,
+        meta: WriteMeta,
+    },
+    Read {
+        oid: u64,
+        offset: u64,
+        len: u64,
+    },
+    Discard {
+        oid: u64,
+        offset: u64,
+        len: u64,
+        meta: WriteMeta,
+    },
+    Remove {
+        oid: u64,
+    },
+    Stat {
+        oid: u64,
+    },
+    Extents {
+        oid: u64,
+        offset: u64,
+        len: u64,
+    },
     List,
     Stats,
 }
@@ -99,7 +121,11 @@ impl Shard {
             shards,
             partition_count,
             partitions: parts.into_iter().map(|p| (p.id, p)).collect(),
-            mesh: senders.map(|senders| Mesh { senders, waiting: RefCell::new(HashMap::new()), next_id: Cell::new(1) }),
+            mesh: senders.map(|senders| Mesh {
+                senders,
+                waiting: RefCell::new(HashMap::new()),
+                next_id: Cell::new(1),
+            }),
         });
         if let Some(r) = receivers {
             shard.serve_peers(r);
@@ -116,7 +142,10 @@ impl Shard {
                 while let Some(msg) = rx.recv().await {
                     match msg {
                         Msg::Req { id, op } => {
-                            let Ok(permit) = Semaphore::acquire_static_permit(&limit, 1).await else { return };
+                            let Ok(permit) = Semaphore::acquire_static_permit(&limit, 1).await
+                            else {
+                                return;
+                            };
                             let shard = shard.clone();
                             glommio::spawn_local(async move {
                                 let result = shard.execute(op).await;
@@ -128,7 +157,10 @@ impl Shard {
                             .detach();
                         }
                         Msg::Resp { id, result } => {
-                            let waiter = shard.mesh.as_ref().and_then(|m| m.waiting.borrow_mut().remove(&id));
+                            let waiter = shard
+                                .mesh
+                                .as_ref()
+                                .and_then(|m| m.waiting.borrow_mut().remove(&id));
                             if let Some(w) = waiter {
                                 let _ = w.send(result);
                             }
@@ -150,7 +182,9 @@ impl Shard {
     }
 
     fn local(&self, p: u32) -> Result<&Rc<Partition>> {
-        self.partitions.get(&p).ok_or_else(|| StoreError::Invalid(format!("partition {p} is not on shard {}", self.id)))
+        self.partitions.get(&p).ok_or_else(|| {
+            StoreError::Invalid(format!("partition {p} is not on shard {}", self.id))
+        })
     }
 
     async fn remote(&self, shard: usize, op: Op) -> Result<Reply> {
@@ -159,7 +193,12 @@ impl Shard {
         mesh.next_id.set(id + 1);
         let (tx, rx) = oneshot::channel();
         mesh.waiting.borrow_mut().insert(id, tx);
-        if mesh.senders.send_to(shard, Msg::Req { id, op }).await.is_err() {
+        if mesh
+            .senders
+            .send_to(shard, Msg::Req { id, op })
+            .await
+            .is_err()
+        {
             mesh.waiting.borrow_mut().remove(&id);
             return Err(StoreError::Closed);
         }
@@ -169,21 +208,44 @@ impl Shard {
     /// Serves an operation on a partition this shard owns.
     async fn execute(&self, op: Op) -> Result<Reply> {
         match op {
-            Op::Write { oid, offset, data, meta } => {
-                self.local(self.route(oid).0)?.write(oid, offset, &data, meta).await.map(|_| Reply::Done)
-            }
-            Op::Read { oid, offset, len } => {
-                self.local(self.route(oid).0)?.read(oid, offset, len).await.map(|(d, _)| Reply::Data(d))
-            }
-            Op::Discard { oid, offset, len, meta } => {
-                self.local(self.route(oid).0)?.discard(oid, offset, len, meta).await.map(|_| Reply::Done)
-            }
-            Op::Remove { oid } => self.local(self.route(oid).0)?.remove(oid).await.map(|_| Reply::Done),
+            Op::Write {
+                oid,
+                offset,
+                data,
+                meta,
+            } => self
+                .local(self.route(oid).0)?
+                .write(oid, offset, &data, meta)
+                .await
+                .map(|_| Reply::Done),
+            Op::Read { oid, offset, len } => self
+                .local(self.route(oid).0)?
+                .read(oid, offset, len)
+                .await
+                .map(|(d, _)| Reply::Data(d)),
+            Op::Discard {
+                oid,
+                offset,
+                len,
+                meta,
+            } => self
+                .local(self.route(oid).0)?
+                .discard(oid, offset, len, meta)
+                .await
+                .map(|_| Reply::Done),
+            Op::Remove { oid } => self
+                .local(self.route(oid).0)?
+                .remove(oid)
+                .await
+                .map(|_| Reply::Done),
             Op::Stat { oid } => Ok(Reply::Stat(self.local(self.route(oid).0)?.stat(oid))),
-            Op::Extents { oid, offset, len } => {
-                self.local(self.route(oid).0)?.extents(oid, offset, len).map(Reply::Extents)
-            }
-            Op::List => Ok(Reply::List(self.partitions.values().flat_map(|p| p.list()).collect())),
+            Op::Extents { oid, offset, len } => self
+                .local(self.route(oid).0)?
+                .extents(oid, offset, len)
+                .map(Reply::Extents),
+            Op::List => Ok(Reply::List(
+                self.partitions.values().flat_map(|p| p.list()).collect(),
+            )),
             Op::Stats => Ok(Reply::Stats(self.local_stats())),
         }
     }
@@ -209,14 +271,27 @@ impl Shard {
     pub async fn write(&self, oid: u64, offset: u64, data: &[u8], meta: WriteMeta) -> Result<()> {
         match self.route(oid) {
             (p, owner) if owner == self.id => self.local(p)?.write(oid, offset, data, meta).await,
-            (_, owner) => self.remote(owner, Op::Write { oid, offset, data: data.to_vec(), meta }).await.map(|_| ()),
+            (_, owner) => self
+                .remote(
+                    owner,
+                    Op::Write {
+                        oid,
+                        offset,
+                        data: data.to_vec(),
+                        meta,
+                    },
+                )
+                .await
+                .map(|_| ()),
         }
     }
 
     /// Reads `len` bytes at `offset` of `oid` (holes are zeros).
     pub async fn read(&self, oid: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
         match self.route(oid) {
-            (p, owner) if owner == self.id => self.local(p)?.read(oid, offset, len).await.map(|(d, _)| d),
+            (p, owner) if owner == self.id => {
+                self.local(p)?.read(oid, offset, len).await.map(|(d, _)| d)
+            }
             (_, owner) => match self.remote(owner, Op::Read { oid, offset, len }).await? {
                 Reply::Data(d) => Ok(d),
                 other => Err(unexpected(other)),
@@ -225,7 +300,17 @@ impl Shard {
     }
 
     pub async fn discard(&self, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
-        self.call(oid, Op::Discard { oid, offset, len, meta }).await.map(|_| ())
+        self.call(
+            oid,
+            Op::Discard {
+                oid,
+                offset,
+                len,
+                meta,
+            },
+        )
+        .await
+        .map(|_| ())
     }
 
     pub async fn remove(&self, oid: u64) -> Result<()> {
@@ -346,7 +431,10 @@ mod tests {
         for i in 0..64_000u64 {
             counts[partition_of((7 << 32) | i, 64) as usize] += 1;
         }
-        let (min, max) = (counts.iter().min().copied().unwrap_or(0), counts.iter().max().copied().unwrap_or(0));
+        let (min, max) = (
+            counts.iter().min().copied().unwrap_or(0),
+            counts.iter().max().copied().unwrap_or(0),
+        );
         assert!(min > 850 && max < 1150, "uneven spread {min}..{max}");
     }
 }

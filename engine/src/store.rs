@@ -83,12 +83,18 @@ pub struct Store {
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Store").field("dir", &self.dir).field("shards", &self.shards.len()).finish()
+        f.debug_struct("Store")
+            .field("dir", &self.dir)
+            .field("shards", &self.shards.len())
+            .finish()
     }
 }
 
 fn incompatible(dir: &Path, why: impl Into<String>) -> StoreError {
-    StoreError::Incompatible { dir: dir.display().to_string(), why: why.into() }
+    StoreError::Incompatible {
+        dir: dir.display().to_string(),
+        why: why.into(),
+    }
 }
 
 fn random_uuid() -> Result<[u8; 16]> {
@@ -102,7 +108,8 @@ fn random_uuid() -> Result<[u8; 16]> {
 /// Reads, or creates, the superblock; refuses a directory of another node or format.
 fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
     let dir = &cfg.dir;
-    std::fs::create_dir_all(dir).map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+    std::fs::create_dir_all(dir)
+        .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
     let path = dir.join(SUPERBLOCK);
     let exists = path.exists();
     if !exists {
@@ -110,10 +117,15 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
             return Err(incompatible(dir, "it holds partitions but no superblock"));
         }
         if !(1..=65536).contains(&cfg.partitions) {
-            return Err(StoreError::Invalid(format!("partition count {} outside 1..=65536", cfg.partitions)));
+            return Err(StoreError::Invalid(format!(
+                "partition count {} outside 1..=65536",
+                cfg.partitions
+            )));
         }
         if cfg.segment_size < 1 << 20 || cfg.segment_size % BLOCK as u64 != 0 {
-            return Err(StoreError::Invalid("segment size must be a multiple of 4 KiB and at least 1 MiB".into()));
+            return Err(StoreError::Invalid(
+                "segment size must be a multiple of 4 KiB and at least 1 MiB".into(),
+            ));
         }
         let sb = Superblock {
             magic: SUPERBLOCK_MAGIC,
@@ -151,10 +163,14 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
         return Err(incompatible(dir, "it is in use by another process"));
     }
     let mut block = vec![0u8; BLOCK];
-    f.read_exact(&mut block).map_err(|_| incompatible(dir, "superblock is truncated"))?;
+    f.read_exact(&mut block)
+        .map_err(|_| incompatible(dir, "superblock is truncated"))?;
     let sb: Superblock = bytemuck::pod_read_unaligned(&block[..std::mem::size_of::<Superblock>()]);
     if sb.magic != SUPERBLOCK_MAGIC {
-        return Err(incompatible(dir, "it is not a Collie store (bad superblock magic)"));
+        return Err(incompatible(
+            dir,
+            "it is not a Collie store (bad superblock magic)",
+        ));
     }
     if !sb.crc_ok() {
         return Err(incompatible(dir, "superblock checksum mismatch"));
@@ -162,14 +178,21 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
     if sb.format_version != FORMAT_VERSION {
         return Err(incompatible(
             dir,
-            format!("it was written in format version {}, this build reads version {FORMAT_VERSION}", sb.format_version),
+            format!(
+                "it was written in format version {}, this build reads version {FORMAT_VERSION}",
+                sb.format_version
+            ),
         ));
     }
     if let Some(want) = cfg.node_uuid {
         if want != sb.node_uuid {
             return Err(incompatible(
                 dir,
-                format!("it belongs to node {}, not {}", hex(&sb.node_uuid), hex(&want)),
+                format!(
+                    "it belongs to node {}, not {}",
+                    hex(&sb.node_uuid),
+                    hex(&want)
+                ),
             ));
         }
     }
@@ -188,7 +211,11 @@ pub fn hex(b: &[u8]) -> String {
 fn probe_direct_io(dir: &Path) -> Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
     let path = dir.join(SUPERBLOCK);
-    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&path)
+    {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
             let is_tmpfs = nix_statfs_is_tmpfs(dir);
@@ -207,7 +234,9 @@ fn probe_direct_io(dir: &Path) -> Result<bool> {
 
 fn nix_statfs_is_tmpfs(dir: &Path) -> bool {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return false };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return false;
+    };
     // SAFETY: statfs with a valid C string and a zeroed out-struct.
     unsafe {
         let mut s: libc::statfs = std::mem::zeroed();
@@ -218,14 +247,19 @@ fn nix_statfs_is_tmpfs(dir: &Path) -> bool {
 /// Space on the file system holding the store: (total, available) bytes.
 pub fn fs_space(dir: &Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;
-    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else { return (0, 0) };
+    let Ok(c) = std::ffi::CString::new(dir.as_os_str().as_bytes()) else {
+        return (0, 0);
+    };
     // SAFETY: statvfs with a valid C string and a zeroed out-struct.
     unsafe {
         let mut s: libc::statvfs = std::mem::zeroed();
         if libc::statvfs(c.as_ptr(), &mut s) != 0 {
             return (0, 0);
         }
-        (s.f_blocks as u64 * s.f_frsize as u64, s.f_bavail as u64 * s.f_frsize as u64)
+        (
+            s.f_blocks as u64 * s.f_frsize as u64,
+            s.f_bavail as u64 * s.f_frsize as u64,
+        )
     }
 }
 
@@ -257,7 +291,11 @@ impl Store {
             let pcfg = pcfg.clone();
             let mesh = mesh.clone();
             let ready = ready_tx.clone();
-            let placement = if cfg.pin { Placement::Fixed(id) } else { Placement::Unbound };
+            let placement = if cfg.pin {
+                Placement::Fixed(id)
+            } else {
+                Placement::Unbound
+            };
             let every = cfg.maintenance_every;
             let pcount = sb.partition_count;
             let t = std::thread::Builder::new()
@@ -313,13 +351,25 @@ impl Store {
             let _ = s.send(Cmd::Start);
         }
         gather(&mut failure, &mut by_shard);
-        let ordered: Vec<flume::Sender<Cmd>> = if failure.is_none() && by_shard.iter().all(|t| t.is_some()) {
-            by_shard.iter().flatten().map(|&t| senders[t].clone()).collect()
-        } else {
-            failure.get_or_insert(StoreError::Invalid("shards did not all start".into()));
-            senders
+        let ordered: Vec<flume::Sender<Cmd>> =
+            if failure.is_none() && by_shard.iter().all(|t| t.is_some()) {
+                by_shard
+                    .iter()
+                    .flatten()
+                    .map(|&t| senders[t].clone())
+                    .collect()
+            } else {
+                failure.get_or_insert(StoreError::Invalid("shards did not all start".into()));
+                senders
+            };
+        let mut store = Store {
+            dir: cfg.dir.clone(),
+            superblock: sb,
+            direct_io,
+            shards: ordered,
+            threads,
+            _lock: lock,
         };
-        let mut store = Store { dir: cfg.dir.clone(), superblock: sb, direct_io, shards: ordered, threads, _lock: lock };
         if let Some(e) = failure {
             let _ = store.stop();
             return Err(e);
@@ -349,7 +399,10 @@ impl Store {
     }
     /// The shard that serves `oid` without a hop.
     pub fn owner(&self, oid: u64) -> usize {
-        owner_of(partition_of(oid, self.superblock.partition_count), self.shards.len())
+        owner_of(
+            partition_of(oid, self.superblock.partition_count),
+            self.shards.len(),
+        )
     }
 
     /// Runs `f` on shard `shard` and blocks until it finishes.
@@ -365,7 +418,10 @@ impl Store {
                 let _ = tx.send(f(s).await);
             })
         });
-        let sender = self.shards.get(shard).ok_or_else(|| StoreError::Invalid(format!("no shard {shard}")))?;
+        let sender = self
+            .shards
+            .get(shard)
+            .ok_or_else(|| StoreError::Invalid(format!("no shard {shard}")))?;
         sender.send(Cmd::Run(job)).map_err(|_| StoreError::Closed)?;
         rx.recv().map_err(|_| StoreError::Closed)
     }
@@ -373,13 +429,19 @@ impl Store {
     // Blocking conveniences (tests, tools): each runs on the object's owning shard.
 
     pub fn write(&self, oid: u64, offset: u64, data: Vec<u8>, meta: WriteMeta) -> Result<()> {
-        self.run_on(self.owner(oid), move |s| async move { s.write(oid, offset, &data, meta).await })?
+        self.run_on(self.owner(oid), move |s| async move {
+            s.write(oid, offset, &data, meta).await
+        })?
     }
     pub fn read(&self, oid: u64, offset: u64, len: u64) -> Result<Vec<u8>> {
-        self.run_on(self.owner(oid), move |s| async move { s.read(oid, offset, len).await })?
+        self.run_on(self.owner(oid), move |s| async move {
+            s.read(oid, offset, len).await
+        })?
     }
     pub fn discard(&self, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
-        self.run_on(self.owner(oid), move |s| async move { s.discard(oid, offset, len, meta).await })?
+        self.run_on(self.owner(oid), move |s| async move {
+            s.discard(oid, offset, len, meta).await
+        })?
     }
     pub fn remove(&self, oid: u64) -> Result<()> {
         self.run_on(self.owner(oid), move |s| async move { s.remove(oid).await })?
@@ -388,7 +450,9 @@ impl Store {
         self.run_on(self.owner(oid), move |s| async move { s.stat(oid).await })?
     }
     pub fn extents(&self, oid: u64, offset: u64, len: u64) -> Result<Vec<(u64, bool)>> {
-        self.run_on(self.owner(oid), move |s| async move { s.extents(oid, offset, len).await })?
+        self.run_on(self.owner(oid), move |s| async move {
+            s.extents(oid, offset, len).await
+        })?
     }
     pub fn list(&self) -> Result<Vec<u64>> {
         self.run_on(0, |s| async move { s.list().await })?
@@ -451,14 +515,26 @@ async fn shard_main(
         // device, by reading its first block. An empty file makes the probe pass wrongly
         // and every later read fail with EOPNOTSUPP. Open the (never empty) superblock
         // first and read it, so the probe sees real data.
-        let sb = DmaFile::open(dir.join(SUPERBLOCK)).await.map_err(|e| from_glommio("opening superblock", e))?;
-        let block = sb.read_at_aligned(0, BLOCK).await.map_err(|e| from_glommio("reading superblock", e))?;
+        let sb = DmaFile::open(dir.join(SUPERBLOCK))
+            .await
+            .map_err(|e| from_glommio("opening superblock", e))?;
+        let block = sb
+            .read_at_aligned(0, BLOCK)
+            .await
+            .map_err(|e| from_glommio("reading superblock", e))?;
         if block.len() < BLOCK || block[..8] != SUPERBLOCK_MAGIC {
-            return Err(StoreError::io("superblock probe read", std::io::ErrorKind::InvalidData.into()));
+            return Err(StoreError::io(
+                "superblock probe read",
+                std::io::ErrorKind::InvalidData.into(),
+            ));
         }
         let _ = sb.close().await;
         let mesh = match mesh {
-            Some(m) => Some(m.join().await.map_err(|_| StoreError::Invalid("cannot join shard mesh".into()))?),
+            Some(m) => Some(
+                m.join()
+                    .await
+                    .map_err(|_| StoreError::Invalid("cannot join shard mesh".into()))?,
+            ),
             None => None,
         };
         let id = mesh.as_ref().map_or(0, |(s, _)| s.peer_id());

@@ -12,10 +12,25 @@ use support::*;
 
 #[derive(Debug, Clone)]
 enum Step {
-    Write { obj: u8, off: u64, len: u64, seed: u64 },
-    Read { obj: u8, off: u64, len: u64 },
-    Discard { obj: u8, off: u64, len: u64 },
-    Remove { obj: u8 },
+    Write {
+        obj: u8,
+        off: u64,
+        len: u64,
+        seed: u64,
+    },
+    Read {
+        obj: u8,
+        off: u64,
+        len: u64,
+    },
+    Discard {
+        obj: u8,
+        off: u64,
+        len: u64,
+    },
+    Remove {
+        obj: u8,
+    },
     Maintain,
     Restart,
 }
@@ -54,17 +69,34 @@ fn run(steps: Vec<Step>) {
         let st = store.as_ref().unwrap();
         version += 1;
         match s {
-            Step::Write { obj, off, len, seed } => {
+            Step::Write {
+                obj,
+                off,
+                len,
+                seed,
+            } => {
                 let data = pattern(seed, len as usize);
-                st.write(oid(obj), off, data.clone(), meta(version)).unwrap();
-                let m = model.entry(oid(obj)).or_insert_with(|| vec![0; OBJ as usize]);
+                st.write(oid(obj), off, data.clone(), meta(version))
+                    .unwrap();
+                let m = model
+                    .entry(oid(obj))
+                    .or_insert_with(|| vec![0; OBJ as usize]);
                 m[off as usize..(off + len) as usize].copy_from_slice(&data);
             }
-            Step::Read { obj, off, len } => match (st.read(oid(obj), off, len), model.get(&oid(obj))) {
-                (Ok(got), Some(m)) => assert!(got == m[off as usize..(off + len) as usize], "read {obj} {off}+{len} differs"),
-                (Err(StoreError::NotFound(_)), None) => {}
-                (got, m) => panic!("read {obj}: store {:?} model has object: {}", got.map(|v| v.len()), m.is_some()),
-            },
+            Step::Read { obj, off, len } => {
+                match (st.read(oid(obj), off, len), model.get(&oid(obj))) {
+                    (Ok(got), Some(m)) => assert!(
+                        got == m[off as usize..(off + len) as usize],
+                        "read {obj} {off}+{len} differs"
+                    ),
+                    (Err(StoreError::NotFound(_)), None) => {}
+                    (got, m) => panic!(
+                        "read {obj}: store {:?} model has object: {}",
+                        got.map(|v| v.len()),
+                        m.is_some()
+                    ),
+                }
+            }
             Step::Discard { obj, off, len } => {
                 st.discard(oid(obj), off, len, meta(version)).unwrap();
                 if let Some(m) = model.get_mut(&oid(obj)) {
@@ -88,7 +120,10 @@ fn run(steps: Vec<Step>) {
     want.sort_unstable();
     assert_eq!(st.list().unwrap(), want);
     for (&o, m) in &model {
-        assert!(st.read(o, 0, OBJ).unwrap() == *m, "object {o:#x} differs at the end");
+        assert!(
+            st.read(o, 0, OBJ).unwrap() == *m,
+            "object {o:#x} differs at the end"
+        );
         let info = st.stat(o).unwrap().unwrap();
         assert_eq!(info.size, OBJ);
         assert!(info.used <= OBJ);
@@ -115,7 +150,13 @@ fn compaction_reclaims_overwritten_segments() {
     let o = oid(1);
     for round in 0..12u64 {
         for i in 0..4u64 {
-            st.write(o, i * (256 << 10), pattern(round * 10 + i, 256 << 10), meta(round + 1)).unwrap();
+            st.write(
+                o,
+                i * (256 << 10),
+                pattern(round * 10 + i, 256 << 10),
+                meta(round + 1),
+            )
+            .unwrap();
         }
         st.maintain().unwrap();
     }

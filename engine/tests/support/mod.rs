@@ -14,7 +14,10 @@ pub const OBJ: u64 = 4 << 20;
 pub fn test_dir(name: &str) -> tempfile::TempDir {
     let base = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
     std::fs::create_dir_all(&base).unwrap();
-    tempfile::Builder::new().prefix(name).tempdir_in(base).unwrap()
+    tempfile::Builder::new()
+        .prefix(name)
+        .tempdir_in(base)
+        .unwrap()
 }
 
 /// Small segments and eager maintenance, so tests reach compaction and checkpoints.
@@ -29,7 +32,11 @@ pub fn small_config(dir: impl Into<PathBuf>) -> StoreConfig {
 }
 
 pub fn meta(version: u64) -> WriteMeta {
-    WriteMeta { object_size: OBJ, version, epoch: 1 }
+    WriteMeta {
+        object_size: OBJ,
+        version,
+        epoch: 1,
+    }
 }
 
 /// Deterministic bytes for (seed, len).
@@ -50,7 +57,13 @@ pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
 pub fn child_command(test: &str, env: &[(&str, String)]) -> std::process::Command {
     let exe = std::env::current_exe().unwrap();
     let mut cmd = std::process::Command::new(exe);
-    cmd.args([test, "--exact", "--ignored", "--nocapture", "--test-threads=1"]);
+    cmd.args([
+        test,
+        "--exact",
+        "--ignored",
+        "--nocapture",
+        "--test-threads=1",
+    ]);
     for (k, v) in env {
         cmd.env(k, v);
     }
