@@ -3,6 +3,13 @@
 
 use bytemuck::{Pod, Zeroable};
 
+// Headers are cast straight from/to bytes, which is little-endian only on little-endian
+// machines. Refuse to build where that would silently write another format.
+#[cfg(target_endian = "big")]
+compile_error!(
+    "collie's on-disk format is little-endian; big-endian targets need explicit conversion"
+);
+
 /// All direct I/O happens in units of this many bytes, at offsets that are multiples of it.
 pub const BLOCK: usize = 4096;
 /// A CRC32C covers this many bytes of a record's payload.
@@ -190,7 +197,7 @@ pub fn payload_crcs(nonce: u32, payload: &[u8]) -> Vec<u32> {
     payload.chunks(CRC_CHUNK).map(|c| crc(nonce, c)).collect()
 }
 
-/// Header of `partition/NNN/checkpoint`: a full snapshot of the partition's index, valid
+/// Header of `partitions/NNNN/checkpoint`: a full snapshot of the partition's index, valid
 /// up to a log position. Body layout in docs/store-format.md.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]

@@ -113,6 +113,9 @@ struct State {
     checkpoint: LogPos,
     logged_since_checkpoint: u64,
     pending: Vec<Pending>,
+    /// Segments compaction cannot empty (a chunk fails its CRC): skipped until restart,
+    /// so a damaged chunk does not cause a checkpoint on every maintenance tick.
+    stuck: std::collections::HashSet<u64>,
     stats: PartitionStats,
 }
 
@@ -178,8 +181,14 @@ impl Partition {
     /// segment at a known position.
     pub async fn open(store_dir: &Path, id: u32, cfg: PartitionConfig) -> Result<Rc<Partition>> {
         let dir = Self::dir_for(store_dir, id);
-        std::fs::create_dir_all(&dir)
-            .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+        if !dir.exists() {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| StoreError::io(format!("creating {}", dir.display()), e))?;
+            // The new directory's entry must survive a crash like any file's.
+            if let Some(parent) = dir.parent() {
+                sync_dir(parent)?;
+            }
+        }
         let nonce = cfg.nonce;
 
         let mut ids = Vec::new();
@@ -228,41 +237,61 @@ impl Partition {
         let newest = ids.last().copied();
         for &sid in ids.iter().filter(|&&s| s >= start.segment) {
             let file = segments[&sid].clone();
-            let hdr_bytes = read_exact(&file, 0, BLOCK, "reading segment header").await;
-            let hdr: Option<SegmentHeader> = hdr_bytes
-                .ok()
-                .map(|b| bytemuck::pod_read_unaligned(&b[..std::mem::size_of::<SegmentHeader>()]))
+            let file_len = file
+                .file_size()
+                .await
+                .map_err(|e| from_glommio("segment size", e))?;
+            // An I/O error is an error; a short or invalid header is judged below.
+            let first = file
+                .read_at_aligned(0, BLOCK)
+                .await
+                .map_err(|e| from_glommio("reading segment header", e))?;
+            let hdr: Option<SegmentHeader> = (first.len() >= std::mem::size_of::<SegmentHeader>())
+                .then(|| {
+                    bytemuck::pod_read_unaligned(&first[..std::mem::size_of::<SegmentHeader>()])
+                })
                 .filter(|h: &SegmentHeader| {
                     h.magic == SEGMENT_MAGIC && h.crc_ok(nonce) && h.segment_id == sid
                 });
             let Some(hdr) = hdr else {
-                if Some(sid) == newest {
-                    // Torn creation: nothing in it was ever acknowledged.
-                    warn!(
-                        partition = id,
-                        segment = sid,
-                        "removing segment with a torn header"
-                    );
-                    segments.remove(&sid);
-                    index.live.remove(&sid);
-                    let _ = std::fs::remove_file(dir.join(seg_name(sid)));
-                    continue;
+                // A segment whose creation was cut short holds nothing acknowledged (its
+                // header is flushed with its first batch). If anything refers to it or it
+                // holds valid batches, the header was damaged later: refuse.
+                let referenced = index.live.get(&sid).is_some_and(|&l| l > 0)
+                    || sid == start.segment && start.offset > BLOCK as u64;
+                let holds_batches = later_batch(&file, BLOCK as u64, 0, file_len, id, nonce)
+                    .await
+                    .is_some();
+                if referenced || holds_batches {
+                    return Err(StoreError::Incompatible {
+                        dir: dir.display().to_string(),
+                        why: format!("segment {sid} has a damaged header but holds records"),
+                    });
                 }
-                return Err(StoreError::Incompatible {
-                    dir: dir.display().to_string(),
-                    why: format!("segment {sid} has a corrupt header"),
-                });
+                warn!(
+                    partition = id,
+                    segment = sid,
+                    "removing segment whose creation was cut short"
+                );
+                segments.remove(&sid);
+                index.live.remove(&sid);
+                std::fs::remove_file(dir.join(seg_name(sid)))
+                    .map_err(|e| StoreError::io(format!("removing torn segment {sid}"), e))?;
+                continue;
             };
-            if hdr.first_seq < seq && sid != start.segment {
-                return Err(StoreError::Incompatible {
-                    dir: dir.display().to_string(),
-                    why: format!(
-                        "segment {sid} starts at sequence {} before {seq}",
-                        hdr.first_seq
-                    ),
-                });
-            }
-            if sid != start.segment {
+            let resumes_inside = sid == start.segment && start.offset > BLOCK as u64;
+            if !resumes_inside {
+                // Consecutive segments continue the sequence, skipping at most the one
+                // number a failed batch burned. A larger gap means records went missing.
+                if hdr.first_seq != seq && hdr.first_seq != seq + 1 {
+                    return Err(StoreError::Incompatible {
+                        dir: dir.display().to_string(),
+                        why: format!(
+                            "segment {sid} starts at sequence {} but the log expects {seq}",
+                            hdr.first_seq
+                        ),
+                    });
+                }
                 seq = hdr.first_seq;
             }
             let mut pos = if sid == start.segment {
@@ -270,10 +299,6 @@ impl Partition {
             } else {
                 BLOCK as u64
             };
-            let file_len = file
-                .file_size()
-                .await
-                .map_err(|e| from_glommio("segment size", e))?;
             let mut last: Option<(LogPos, Vec<IndexOp>, u64)> = None;
             loop {
                 let Some((ops, total)) =
@@ -302,7 +327,8 @@ impl Partition {
             // batch header with a later sequence number follows, a record in the middle
             // was damaged, and treating it as the tail would silently drop acknowledged
             // writes after it. Refuse instead.
-            if let Some(at) = later_batch(&file, pos + BLOCK as u64, seq, file_len, id, nonce).await
+            if let Some(at) =
+                later_batch(&file, pos + BLOCK as u64, seq + 1, file_len, id, nonce).await
             {
                 return Err(StoreError::Incompatible {
                     dir: dir.display().to_string(),
@@ -367,6 +393,7 @@ impl Partition {
                 checkpoint: start,
                 logged_since_checkpoint: 0,
                 pending: Vec::new(),
+                stuck: Default::default(),
                 stats,
             }),
             flushing: Cell::new(false),
@@ -721,7 +748,15 @@ impl Partition {
         buf.as_bytes_mut().fill(0);
         buf.as_bytes_mut()[..std::mem::size_of::<SegmentHeader>()]
             .copy_from_slice(bytemuck::bytes_of(&hdr));
-        if let Err(e) = file.write_at(buf, 0).await {
+        if let Err(e) = file.write_at(buf, 0).await.and_then(|n| {
+            if n == BLOCK {
+                Ok(())
+            } else {
+                Err(glommio::GlommioError::from(std::io::Error::from(
+                    std::io::ErrorKind::WriteZero,
+                )))
+            }
+        }) {
             cleanup(&path);
             return Err(from_glommio("writing segment header", e));
         }
@@ -951,7 +986,9 @@ impl Partition {
                 .index
                 .live
                 .iter()
-                .filter(|(&s, _)| s < st.checkpoint.segment && Some(s) != head)
+                .filter(|(&s, _)| {
+                    s < st.checkpoint.segment && Some(s) != head && !st.stuck.contains(&s)
+                })
                 .filter(|(_, &l)| (l as f64) < seg_size * self.cfg.compact_below)
                 .map(|(&s, &l)| (l, s))
                 .collect();
@@ -979,6 +1016,22 @@ impl Partition {
         for &seg in &victims {
             self.relocate_segment(seg).await?;
             glommio::yield_if_needed().await;
+        }
+        if self.cfg.nosync {
+            // Without per-batch flushes the copies are not yet durable: flush the segments
+            // they went to before the sources can be deleted.
+            let tail: Vec<Rc<DmaFile>> = {
+                let st = self.st.borrow();
+                st.segments
+                    .range(st.checkpoint.segment..)
+                    .map(|(_, f)| f.clone())
+                    .collect()
+            };
+            for f in tail {
+                f.fdatasync()
+                    .await
+                    .map_err(|e| from_glommio("flushing relocated data", e))?;
+            }
         }
         // Relocations are durable; make a checkpoint that no longer needs the victims.
         let dead_in_snapshot = self.write_checkpoint().await?;
@@ -1032,6 +1085,7 @@ impl Partition {
                 .await
                 .is_err()
             {
+                self.st.borrow_mut().stuck.insert(seg);
                 continue;
             }
             let Some(info) = self.stat(oid) else { continue };
@@ -1132,6 +1186,7 @@ async fn scan_batch(
         && bh.format_version == FORMAT_VERSION
         && bh.partition == partition
         && bh.seq == seq
+        && bh.meta_used as usize >= BATCH_HEADER_LEN
         && bh.meta_len as u64 % BLOCK as u64 == 0
         && bh.total_len % BLOCK as u64 == 0
         && (bh.meta_used as u64) <= bh.meta_len as u64
@@ -1186,12 +1241,12 @@ async fn scan_batch(
     Some((ops, bh.total_len))
 }
 
-/// Looks for a valid batch header with a sequence number after `seq` anywhere in
-/// `[from, file_len)`; returns its offset.
+/// Looks for a valid batch header with a sequence number of at least `min_seq`
+/// anywhere in `[from, file_len)`; returns its offset.
 async fn later_batch(
     file: &DmaFile,
     from: u64,
-    seq: u64,
+    min_seq: u64,
     file_len: u64,
     partition: u32,
     nonce: u32,
@@ -1208,7 +1263,7 @@ async fn later_batch(
             let bh: BatchHeader = bytemuck::pod_read_unaligned(&block[..BATCH_HEADER_LEN]);
             if bh.magic == BATCH_MAGIC
                 && bh.partition == partition
-                && bh.seq > seq
+                && bh.seq >= min_seq
                 && bh.crc_ok(nonce)
             {
                 return Some(at + (i * BLOCK) as u64);

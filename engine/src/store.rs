@@ -21,6 +21,8 @@ use crate::partition::{ObjectInfo, Partition, PartitionConfig, PartitionStats, W
 use crate::shard::{owner_of, partition_of, Msg, Shard};
 
 const SUPERBLOCK: &str = "superblock";
+/// Largest segment: batch offsets inside a segment are stored as u32.
+const MAX_SEGMENT: u64 = 1 << 30;
 
 /// How to open (or create) a store.
 #[derive(Clone, Debug)]
@@ -122,9 +124,11 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
                 cfg.partitions
             )));
         }
-        if cfg.segment_size < 1 << 20 || cfg.segment_size % BLOCK as u64 != 0 {
+        if !(1 << 20..=MAX_SEGMENT).contains(&cfg.segment_size)
+            || cfg.segment_size % BLOCK as u64 != 0
+        {
             return Err(StoreError::Invalid(
-                "segment size must be a multiple of 4 KiB and at least 1 MiB".into(),
+                "segment size must be a multiple of 4 KiB from 1 MiB to 1 GiB".into(),
             ));
         }
         let sb = Superblock {
@@ -196,7 +200,10 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
             ));
         }
     }
-    if sb.partition_count == 0 || sb.segment_size < 1 << 20 || sb.segment_size % BLOCK as u64 != 0 {
+    if sb.partition_count == 0
+        || !(1 << 20..=MAX_SEGMENT).contains(&sb.segment_size)
+        || sb.segment_size % BLOCK as u64 != 0
+    {
         return Err(incompatible(dir, "superblock has impossible geometry"));
     }
     Ok((sb, f))
@@ -472,7 +479,11 @@ impl Store {
         let mut result = Ok(());
         for s in self.shards.drain(..) {
             let (tx, rx) = flume::bounded(1);
-            if s.send(Cmd::Shutdown(tx)).is_ok() {
+            let sent = s.send(Cmd::Shutdown(tx)).is_ok();
+            // Drop our end first: if the shard already exited, its queue (holding `tx`)
+            // is freed with the last handle and `recv` returns instead of waiting forever.
+            drop(s);
+            if sent {
                 if let Ok(Err(e)) = rx.recv() {
                     if result.is_ok() {
                         result = Err(e);
