@@ -95,7 +95,16 @@ impl StoreError {
     }
 }
 
-/// glommio wraps io::Error in its own type; take the io::Error back out.
+/// glommio wraps io::Error in its own type; take the io::Error (and its errno, which
+/// decides e.g. ENOSPC -> NoSpace) back out, keeping glommio's path in the message.
 pub(crate) fn from_glommio(what: impl Into<String>, err: glommio::GlommioError<()>) -> StoreError {
-    StoreError::io(what, io::Error::from(err))
+    let what = what.into();
+    match err {
+        glommio::GlommioError::IoError(source) => StoreError::io(what, source),
+        glommio::GlommioError::EnhancedIoError { source, path, .. } => match path {
+            Some(p) => StoreError::io(format!("{what} ({})", p.display()), source),
+            None => StoreError::io(what, source),
+        },
+        other => StoreError::io(what, io::Error::other(other.to_string())),
+    }
 }

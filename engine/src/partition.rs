@@ -20,6 +20,8 @@ use crate::index::{Index, IndexOp, Piece, RecordLoc};
 pub const MAX_IO: u64 = 64 << 20;
 /// Largest object the store accepts.
 pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
+/// Free space (in segments) that client writes leave for compaction and checkpoints.
+const RESERVE_SEGMENTS: u64 = 2;
 /// Records per batch, at most.
 const MAX_BATCH_RECORDS: usize = 1024;
 
@@ -605,7 +607,12 @@ impl Partition {
             headers.push(h);
         }
         let total = cursor;
-        let (head_id, file, pos, seq) = self.reserve(total).await?;
+        // Writes leave a reserve of free space so that removes, discards, compaction and
+        // checkpoints, which give space back, still run on a full disk.
+        let use_reserve = batch
+            .iter()
+            .all(|p| p.header.kind != RecordKind::Write as u8);
+        let (head_id, file, pos, seq) = self.reserve(total, use_reserve).await?;
 
         let mut buf = file.alloc_dma_buffer(total as usize);
         let bytes = buf.as_bytes_mut();
@@ -684,7 +691,7 @@ impl Partition {
     }
 
     /// Finds room for `total` bytes at the log head, starting a new segment if needed.
-    async fn reserve(&self, total: u64) -> Result<(u64, Rc<DmaFile>, u64, u64)> {
+    async fn reserve(&self, total: u64, use_reserve: bool) -> Result<(u64, Rc<DmaFile>, u64, u64)> {
         {
             let mut st = self.st.borrow_mut();
             let seq = st.next_seq;
@@ -704,6 +711,16 @@ impl Partition {
             st.next_segment += 1;
             (id, st.next_seq)
         };
+        if !use_reserve {
+            let (_, avail) = crate::store::fs_space(&self.dir);
+            if avail < RESERVE_SEGMENTS * self.cfg.segment_size {
+                return Err(StoreError::NoSpace {
+                    what: format!(
+                        "a new segment (keeping {RESERVE_SEGMENTS} segments free for compaction)"
+                    ),
+                });
+            }
+        }
         let file = self.create_segment(id, seq).await?;
         let mut st = self.st.borrow_mut();
         st.segments.insert(id, file.clone());
@@ -1013,8 +1030,15 @@ impl Partition {
         if victims.is_empty() && !need_ckpt {
             return Ok(());
         }
+        // A failed relocation (say, no space for the copies) must not stop the segments
+        // that are already empty from being reclaimed below: that is how a full disk
+        // gets space back.
+        let mut relocation_error = None;
         for &seg in &victims {
-            self.relocate_segment(seg).await?;
+            if let Err(e) = self.relocate_segment(seg).await {
+                relocation_error = Some(e);
+                break;
+            }
             glommio::yield_if_needed().await;
         }
         if self.cfg.nosync {
@@ -1054,7 +1078,7 @@ impl Partition {
             self.st.borrow_mut().stats.compacted_segments += dead.len() as u64;
             info!(partition = self.id, segments = dead.len(), "compacted");
         }
-        Ok(())
+        relocation_error.map_or(Ok(()), Err)
     }
 
     /// Copies every live extent of `seg` to the log head as Relocate records.

@@ -213,28 +213,22 @@ pub fn hex(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
-/// True if the directory's file system takes O_DIRECT. tmpfs does not: glommio then
-/// opens files buffered, and we flush with fdatasync as usual.
+/// True if the store will run with O_DIRECT. On tmpfs (which refuses O_DIRECT on older
+/// kernels and gains nothing from it on newer ones) glommio opens files buffered, and we
+/// flush with fdatasync as usual. Any other file system that refuses O_DIRECT is an error:
+/// glommio cannot open files there.
 fn probe_direct_io(dir: &Path) -> Result<bool> {
     use std::os::unix::fs::OpenOptionsExt;
+    if nix_statfs_is_tmpfs(dir) {
+        return Ok(false);
+    }
     let path = dir.join(SUPERBLOCK);
-    match std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_DIRECT)
-        .open(&path)
-    {
+    match std::fs::OpenOptions::new().read(true).custom_flags(libc::O_DIRECT).open(&path) {
         Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            let is_tmpfs = nix_statfs_is_tmpfs(dir);
-            if is_tmpfs {
-                Ok(false)
-            } else {
-                Err(StoreError::Invalid(format!(
-                    "{} refuses O_DIRECT and is not tmpfs; put the store on a local file system (ext4, xfs)",
-                    dir.display()
-                )))
-            }
-        }
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => Err(StoreError::Invalid(format!(
+            "{} refuses O_DIRECT and is not tmpfs; put the store on a local file system (ext4, xfs)",
+            dir.display()
+        ))),
         Err(e) => Err(StoreError::io("probing O_DIRECT", e)),
     }
 }
@@ -277,7 +271,7 @@ impl Store {
         let (sb, lock) = open_superblock(&cfg)?;
         let direct_io = probe_direct_io(&cfg.dir)?;
         if !direct_io {
-            warn!(dir = %cfg.dir.display(), "file system refuses O_DIRECT (tmpfs): using buffered I/O with fdatasync");
+            warn!(dir = %cfg.dir.display(), "store is on tmpfs: using buffered I/O with fdatasync instead of O_DIRECT");
         }
         let shards = cfg.shards.clamp(1, sb.partition_count as usize);
         let pcfg = PartitionConfig {

@@ -69,3 +69,86 @@ pub fn child_command(test: &str, env: &[(&str, String)]) -> std::process::Comman
     }
     cmd
 }
+
+/// A file system mounted for one test (tmpfs, or a small ext4 on a loop device), unmounted
+/// when dropped. Needs root, as CI and the developers' machines have.
+pub struct Mount {
+    pub path: PathBuf,
+    _dir: tempfile::TempDir,
+    image: Option<PathBuf>,
+}
+
+fn run(cmd: &str, args: &[&str]) {
+    let st = std::process::Command::new(cmd)
+        .args(args)
+        .status()
+        .unwrap_or_else(|e| panic!("{cmd}: {e}"));
+    assert!(
+        st.success(),
+        "{cmd} {args:?} failed (this test needs root to mount a file system)"
+    );
+}
+
+impl Mount {
+    pub fn tmpfs(size: &str) -> Mount {
+        let dir = test_dir("mnt");
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        run(
+            "mount",
+            &[
+                "-t",
+                "tmpfs",
+                "-o",
+                &format!("size={size}"),
+                "tmpfs",
+                path.to_str().unwrap(),
+            ],
+        );
+        Mount {
+            path,
+            _dir: dir,
+            image: None,
+        }
+    }
+
+    /// A small ext4 (real O_DIRECT, real ENOSPC) in an image file on the test disk.
+    pub fn ext4(mib: u64) -> Mount {
+        let dir = test_dir("mnt");
+        let image = dir.path().join("fs.img");
+        let f = std::fs::File::create(&image).unwrap();
+        f.set_len(mib << 20).unwrap();
+        drop(f);
+        run(
+            "mkfs.ext4",
+            &["-q", "-F", "-m", "0", image.to_str().unwrap()],
+        );
+        let path = dir.path().join("fs");
+        std::fs::create_dir(&path).unwrap();
+        run(
+            "mount",
+            &[
+                "-o",
+                "loop",
+                image.to_str().unwrap(),
+                path.to_str().unwrap(),
+            ],
+        );
+        Mount {
+            path,
+            _dir: dir,
+            image: Some(image),
+        }
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg(&self.path)
+            .status();
+        if let Some(img) = &self.image {
+            let _ = std::fs::remove_file(img);
+        }
+    }
+}
