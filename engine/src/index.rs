@@ -43,6 +43,9 @@ impl Piece {
             Piece::Hole { len } | Piece::Data { len, .. } => *len,
         }
     }
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
 }
 
 /// Per-object state: its fixed size, the newest version/epoch written, and its extents.
@@ -73,7 +76,9 @@ impl ObjectIndex {
             let e_end = s + e.len;
             if e_end > start {
                 let e = e.clone();
-                self.extents.get_mut(&s).map(|x| x.len = start - s);
+                if let Some(x) = self.extents.get_mut(&s) {
+                    x.len = start - s;
+                }
                 freed(e.rec.segment, e_end.min(end) - start);
                 if e_end > end {
                     let tail_skip = e.skip + (end - s);

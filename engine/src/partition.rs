@@ -379,8 +379,10 @@ impl Partition {
             seq,
         };
 
-        let mut stats = PartitionStats::default();
-        stats.segments = segments.len() as u64;
+        let stats = PartitionStats {
+            segments: segments.len() as u64,
+            ..Default::default()
+        };
         let part = Rc::new(Partition {
             id,
             dir,
@@ -1211,8 +1213,8 @@ async fn scan_batch(
         && bh.partition == partition
         && bh.seq == seq
         && bh.meta_used as usize >= BATCH_HEADER_LEN
-        && bh.meta_len as u64 % BLOCK as u64 == 0
-        && bh.total_len % BLOCK as u64 == 0
+        && (bh.meta_len as u64).is_multiple_of(BLOCK as u64)
+        && bh.total_len.is_multiple_of(BLOCK as u64)
         && (bh.meta_used as u64) <= bh.meta_len as u64
         && bh.meta_len as u64 <= bh.total_len
         && pos.checked_add(bh.total_len).is_some_and(|e| e <= file_len);
@@ -1242,7 +1244,7 @@ async fn scan_batch(
         let n = h.crc_count as usize;
         if kind.has_payload() {
             if n as u64 != crc_count(h.len as u64)
-                || h.payload_off as u64 % BLOCK as u64 != 0
+                || !(h.payload_off as u64).is_multiple_of(BLOCK as u64)
                 || (h.payload_off as u64) < bh.meta_len as u64
                 || h.payload_off as u64 + h.len as u64 > bh.total_len
             {

@@ -125,7 +125,7 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
             )));
         }
         if !(1 << 20..=MAX_SEGMENT).contains(&cfg.segment_size)
-            || cfg.segment_size % BLOCK as u64 != 0
+            || !cfg.segment_size.is_multiple_of(BLOCK as u64)
         {
             return Err(StoreError::Invalid(
                 "segment size must be a multiple of 4 KiB from 1 MiB to 1 GiB".into(),
@@ -202,7 +202,7 @@ fn open_superblock(cfg: &StoreConfig) -> Result<(Superblock, File)> {
     }
     if sb.partition_count == 0
         || !(1 << 20..=MAX_SEGMENT).contains(&sb.segment_size)
-        || sb.segment_size % BLOCK as u64 != 0
+        || !sb.segment_size.is_multiple_of(BLOCK as u64)
     {
         return Err(incompatible(dir, "superblock has impossible geometry"));
     }
@@ -241,7 +241,7 @@ fn nix_statfs_is_tmpfs(dir: &Path) -> bool {
     // SAFETY: statfs with a valid C string and a zeroed out-struct.
     unsafe {
         let mut s: libc::statfs = std::mem::zeroed();
-        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == libc::TMPFS_MAGIC as i64
+        libc::statfs(c.as_ptr(), &mut s) == 0 && s.f_type as i64 == libc::TMPFS_MAGIC
     }
 }
 
