@@ -22,6 +22,11 @@ pub const MAX_IO: u64 = 64 << 20;
 pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
 /// Free space (in segments) that client writes leave for compaction and checkpoints.
 const RESERVE_SEGMENTS: u64 = 2;
+/// Batches of one partition in flight at once (written, not yet acknowledged).
+/// Replay relies on it: only this many trailing batches of a log can be torn.
+pub const PIPELINE_DEPTH: usize = 4;
+/// Start another batch while one is in flight only if this much payload waits.
+const PIPELINE_MIN_BYTES: u64 = 256 << 10;
 /// Records per batch, at most.
 const MAX_BATCH_RECORDS: usize = 1024;
 
@@ -283,9 +288,10 @@ impl Partition {
             };
             let resumes_inside = sid == start.segment && start.offset > BLOCK as u64;
             if !resumes_inside {
-                // Consecutive segments continue the sequence, skipping at most the one
-                // number a failed batch burned. A larger gap means records went missing.
-                if hdr.first_seq != seq && hdr.first_seq != seq + 1 {
+                // Consecutive segments continue the sequence, skipping at most the numbers
+                // of the batches that were in flight when one failed (or were cut as torn).
+                // A larger gap means records went missing.
+                if hdr.first_seq < seq || hdr.first_seq > seq + PIPELINE_DEPTH as u64 {
                     return Err(StoreError::Incompatible {
                         dir: dir.display().to_string(),
                         why: format!(
@@ -301,36 +307,46 @@ impl Partition {
             } else {
                 BLOCK as u64
             };
-            let mut last: Option<(LogPos, Vec<IndexOp>, u64)> = None;
+            // The last PIPELINE_DEPTH batches may be torn; older ones were durable before
+            // any later batch was started.
+            let mut recent: std::collections::VecDeque<(LogPos, Vec<IndexOp>)> = Default::default();
             loop {
                 let Some((ops, total)) =
                     scan_batch(&file, sid, pos, seq, file_len, id, nonce).await
                 else {
                     break;
                 };
-                if let Some((_, prev_ops, _)) = last.take() {
-                    for op in prev_ops {
-                        index.apply(op);
+                if recent.len() == PIPELINE_DEPTH {
+                    if let Some((_, old)) = recent.pop_front() {
+                        for op in old {
+                            index.apply(op);
+                        }
                     }
                 }
-                last = Some((
+                recent.push_back((
                     LogPos {
                         segment: sid,
                         offset: pos,
                         seq,
                     },
                     ops,
-                    total,
                 ));
                 pos += total;
                 seq += 1;
             }
-            // The log of this segment ends at `pos`. That must be the tail: if a valid
-            // batch header with a later sequence number follows, a record in the middle
-            // was damaged, and treating it as the tail would silently drop acknowledged
-            // writes after it. Refuse instead.
-            if let Some(at) =
-                later_batch(&file, pos + BLOCK as u64, seq + 1, file_len, id, nonce).await
+            // The log of this segment ends at `pos`. That must be the tail: batches that
+            // were in flight together may lie beyond a torn one, but a valid batch numbered
+            // past that window means a batch in the middle was damaged, and treating it as
+            // the tail would silently drop acknowledged writes. Refuse instead.
+            if let Some(at) = later_batch(
+                &file,
+                pos + BLOCK as u64,
+                seq + PIPELINE_DEPTH as u64,
+                file_len,
+                id,
+                nonce,
+            )
+            .await
             {
                 return Err(StoreError::Incompatible {
                     dir: dir.display().to_string(),
@@ -340,10 +356,10 @@ impl Partition {
                     ),
                 });
             }
-            // The last batch of a segment may be torn (its write or flush was cut short):
-            // keep it only if every payload chunk matches its CRC.
+            // Keep the recent batches up to the first whose payload fails its CRCs (its
+            // write was cut short; it and everything after it was never acknowledged).
             let mut end = pos;
-            if let Some((at, ops, _total)) = last {
+            while let Some((at, ops)) = recent.pop_front() {
                 if payloads_ok(&file, &ops, nonce).await {
                     for op in ops {
                         index.apply(op);
@@ -353,10 +369,11 @@ impl Partition {
                         partition = id,
                         segment = sid,
                         offset = at.offset,
-                        "cutting torn batch at log tail"
+                        "cutting torn batches at log tail"
                     );
                     end = at.offset;
                     seq = at.seq;
+                    break;
                 }
             }
             applied = LogPos {
@@ -532,40 +549,108 @@ impl Partition {
         Ok(())
     }
 
-    /// Runs batches until nothing is pending. One batch in flight per partition: batch
-    /// N+1 is written only after batch N is durable, so only a log's last batch can be torn.
+    /// Runs batches until nothing is pending. Up to [`PIPELINE_DEPTH`] batches are in
+    /// flight, laid out in sequence order and completed (index applied, writers answered)
+    /// strictly in that order: batch N is acknowledged only when it and every batch before
+    /// it are durable, so after a crash only the last `PIPELINE_DEPTH` batches of a log
+    /// can be torn. A second batch is started while one is in flight only when at least
+    /// [`PIPELINE_MIN_BYTES`] wait: small records do better waiting to share the next
+    /// batch's fdatasync.
     async fn flush_loop(self: Rc<Self>) {
+        type Flight = glommio::task::JoinHandle<Result<()>>;
+        let mut inflight: std::collections::VecDeque<(
+            Vec<Pending>,
+            Result<Prepared>,
+            Option<Flight>,
+        )> = Default::default();
+        let mut poisoned: Option<u64> = None;
         loop {
-            let batch = self.take_batch();
-            if batch.is_empty() {
+            while inflight.len() < PIPELINE_DEPTH
+                && (inflight.is_empty() || self.pending_bytes() >= PIPELINE_MIN_BYTES)
+            {
+                let batch = self.take_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                let prepared = self.prepare(&batch).await;
+                let flight = match &prepared {
+                    Ok(p) => {
+                        let (file, buf, pos, total) =
+                            (p.file.clone(), p.buf.take(), p.pos, p.total);
+                        let nosync = self.cfg.nosync;
+                        let h = glommio::spawn_local(async move {
+                            persist(&file, buf, pos, total, nosync).await
+                        });
+                        Some(h.detach())
+                    }
+                    Err(_) => None,
+                };
+                inflight.push_back((batch, prepared, flight));
+            }
+            let Some((batch, prepared, flight)) = inflight.pop_front() else {
                 self.flushing.set(false);
                 return;
-            }
-            match self.commit(&batch).await {
-                Ok((at, total, ops)) => {
+            };
+            let result = match (prepared, flight) {
+                (Ok(p), Some(f)) => match f.await {
+                    Some(Ok(())) if poisoned == Some(p.at.segment) => Err(StoreError::io(
+                        "an earlier batch in this segment failed",
+                        std::io::Error::from_raw_os_error(libc::EIO),
+                    )),
+                    Some(Ok(())) => Ok(p),
+                    Some(Err(e)) => {
+                        poisoned = Some(p.at.segment);
+                        self.seal(p.at.segment);
+                        Err(e)
+                    }
+                    None => Err(StoreError::Closed),
+                },
+                (Ok(_), None) => Err(StoreError::Closed),
+                (Err(e), _) => Err(e),
+            };
+            match result {
+                Ok(p) => {
                     {
                         let mut st = self.st.borrow_mut();
-                        for op in ops {
+                        for op in p.ops {
                             st.index.apply(op);
                         }
                         st.applied = LogPos {
-                            segment: at.segment,
-                            offset: at.offset + total,
-                            seq: at.seq + 1,
+                            segment: p.at.segment,
+                            offset: p.at.offset + p.total,
+                            seq: p.at.seq + 1,
                         };
-                        st.logged_since_checkpoint += total;
+                        st.logged_since_checkpoint += p.total;
                     }
-                    for p in batch {
-                        let _ = p.done.send(Ok(()));
+                    for w in batch {
+                        let _ = w.done.send(Ok(()));
                     }
                 }
                 Err(e) => {
                     warn!(partition = self.id, error = %e, records = batch.len(), "batch failed");
-                    for p in batch {
-                        let _ = p.done.send(Err(e.duplicate()));
+                    for w in batch {
+                        let _ = w.done.send(Err(e.duplicate()));
                     }
                 }
             }
+        }
+    }
+
+    fn pending_bytes(&self) -> u64 {
+        self.st
+            .borrow()
+            .pending
+            .iter()
+            .map(|p| p.payload.as_ref().map_or(0, |d| d.len() as u64))
+            .sum()
+    }
+
+    /// Never write after a failed batch in the same segment: the next batch starts a new
+    /// segment, so replay cannot mistake leftovers for records.
+    fn seal(&self, segment: u64) {
+        let mut st = self.st.borrow_mut();
+        if st.head.as_ref().is_some_and(|h| h.id == segment) {
+            st.head = None;
         }
     }
 
@@ -587,8 +672,9 @@ impl Partition {
         st.pending.drain(..n).collect()
     }
 
-    /// Lays out, writes and flushes one batch; returns where it went and its index ops.
-    async fn commit(&self, batch: &[Pending]) -> Result<(LogPos, u64, Vec<IndexOp>)> {
+    /// Lays out one batch and claims its place (and sequence number) at the log head.
+    /// Runs in sequence order; the write itself ([`persist`]) may overlap others.
+    async fn prepare(&self, batch: &[Pending]) -> Result<Prepared> {
         let nonce = self.cfg.nonce;
         // Layout.
         let meta_used = BATCH_HEADER_LEN
@@ -650,35 +736,6 @@ impl Partition {
             }
         }
 
-        let res = async {
-            let n = file
-                .write_at(buf, pos)
-                .await
-                .map_err(|e| from_glommio("writing batch", e))?;
-            if n as u64 != total {
-                return Err(StoreError::io(
-                    "short batch write",
-                    std::io::ErrorKind::WriteZero.into(),
-                ));
-            }
-            if !self.cfg.nosync {
-                file.fdatasync()
-                    .await
-                    .map_err(|e| from_glommio("flushing batch", e))?;
-            }
-            Ok(())
-        }
-        .await;
-        if let Err(e) = res {
-            // Never write after a failed batch in the same segment: seal it, so the next
-            // batch starts a new segment and replay cannot mistake leftovers for records.
-            let mut st = self.st.borrow_mut();
-            if st.head.as_ref().is_some_and(|h| h.id == head_id) {
-                st.head = None;
-            }
-            return Err(e);
-        }
-
         let at = LogPos {
             segment: head_id,
             offset: pos,
@@ -689,7 +746,14 @@ impl Partition {
             .zip(batch)
             .map(|(h, p)| to_index_op(h, head_id, pos, p.crcs.clone()))
             .collect();
-        Ok((at, total, ops))
+        Ok(Prepared {
+            at,
+            total,
+            ops,
+            file,
+            pos,
+            buf: Cell::new(Some(buf)),
+        })
     }
 
     /// Finds room for `total` bytes at the log head, starting a new segment if needed.
@@ -1151,6 +1215,45 @@ impl Partition {
         }
         Ok(())
     }
+}
+
+/// A laid-out batch with its place in the log.
+struct Prepared {
+    at: LogPos,
+    total: u64,
+    ops: Vec<IndexOp>,
+    file: Rc<DmaFile>,
+    pos: u64,
+    buf: Cell<Option<glommio::io::DmaBuffer>>,
+}
+
+/// Writes a laid-out batch and flushes it (unless `nosync`).
+async fn persist(
+    file: &DmaFile,
+    buf: Option<glommio::io::DmaBuffer>,
+    pos: u64,
+    total: u64,
+    nosync: bool,
+) -> Result<()> {
+    let Some(buf) = buf else {
+        return Err(StoreError::Closed);
+    };
+    let n = file
+        .write_at(buf, pos)
+        .await
+        .map_err(|e| from_glommio("writing batch", e))?;
+    if n as u64 != total {
+        return Err(StoreError::io(
+            "short batch write",
+            std::io::ErrorKind::WriteZero.into(),
+        ));
+    }
+    if !nosync {
+        file.fdatasync()
+            .await
+            .map_err(|e| from_glommio("flushing batch", e))?;
+    }
+    Ok(())
 }
 
 fn to_index_op(h: &RecordHeader, segment: u64, batch_pos: u64, crcs: Vec<u32>) -> IndexOp {

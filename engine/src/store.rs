@@ -48,10 +48,16 @@ pub struct StoreConfig {
 
 impl StoreConfig {
     pub fn new(dir: impl Into<PathBuf>) -> Self {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
         StoreConfig {
             dir: dir.into(),
-            shards: std::thread::available_parallelism().map_or(1, |n| n.get()),
-            partitions: 64,
+            shards: cores,
+            // One partition (one log, one fdatasync per group commit) per shard: every
+            // partition a shard adds costs its group commit another fdatasync, which cut
+            // 4 KiB durable random-write IOPS to a third at 32 partitions per shard
+            // (docs/decisions.md has the figures). A per-shard log would let partitions
+            // be fine-grained again.
+            partitions: cores as u32,
             segment_size: 64 << 20,
             node_uuid: None,
             nosync: false,
@@ -274,6 +280,13 @@ impl Store {
             warn!(dir = %cfg.dir.display(), "store is on tmpfs: using buffered I/O with fdatasync instead of O_DIRECT");
         }
         let shards = cfg.shards.clamp(1, sb.partition_count as usize);
+        if shards < cfg.shards {
+            warn!(
+                asked = cfg.shards,
+                partitions = sb.partition_count,
+                "more shards asked for than the store has partitions: running {shards}"
+            );
+        }
         let pcfg = PartitionConfig {
             segment_size: sb.segment_size,
             nonce: sb.nonce(),

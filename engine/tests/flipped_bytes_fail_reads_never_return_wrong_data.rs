@@ -159,6 +159,10 @@ fn flip_in_live_data_fails_only_that_chunk() {
     store.shutdown().unwrap();
 }
 
+/// More batches than can be in flight at once, so damage to the first is told apart
+/// from a torn tail.
+const BATCHES: u64 = 3 * collie_engine::partition::PIPELINE_DEPTH as u64;
+
 /// Child: writes several batches, says DONE, then waits to be killed (no checkpoint of
 /// the tail is ever written).
 #[test]
@@ -173,7 +177,7 @@ fn write_then_wait_child() {
     cfg.checkpoint_every = u64::MAX;
     cfg.maintenance_every = std::time::Duration::from_secs(3600);
     let store = Store::open(cfg).unwrap();
-    for i in 0..5u64 {
+    for i in 0..BATCHES {
         store
             .write(0x55 << 32, i * 8192, pattern(i, 8192), meta(i + 1))
             .unwrap();
@@ -213,7 +217,7 @@ fn damage_in_the_middle_of_the_log_refuses_to_open() {
     // Undamaged again, everything is there.
     flip(&segs[0], 4096 + 70);
     let store = Store::open(cfg).unwrap();
-    for i in 0..5u64 {
+    for i in 0..BATCHES {
         assert!(store.read(0x55 << 32, i * 8192, 8192).unwrap() == pattern(i, 8192));
     }
     store.shutdown().unwrap();
