@@ -80,17 +80,7 @@ impl ObjectIndex {
                     x.len = start - s;
                 }
                 freed(e.rec.segment, e_end.min(end) - start);
-                if e_end > end {
-                    let tail_skip = e.skip + (end - s);
-                    self.extents.insert(
-                        end,
-                        Extent {
-                            len: e_end - end,
-                            rec: e.rec,
-                            skip: tail_skip,
-                        },
-                    );
-                }
+                self.keep_tail(s, e, end);
             }
         }
         // Extents that start inside the range.
@@ -99,18 +89,24 @@ impl ObjectIndex {
             if let Some(e) = self.extents.remove(&s) {
                 let e_end = s + e.len;
                 freed(e.rec.segment, e_end.min(end) - s);
-                if e_end > end {
-                    let tail_skip = e.skip + (end - s);
-                    self.extents.insert(
-                        end,
-                        Extent {
-                            len: e_end - end,
-                            rec: e.rec,
-                            skip: tail_skip,
-                        },
-                    );
-                }
+                self.keep_tail(s, e, end);
             }
+        }
+    }
+
+    /// If extent `e` (which started at `s`) reaches past `end`, keeps its part after `end`.
+    fn keep_tail(&mut self, s: u64, e: Extent, end: u64) {
+        let e_end = s + e.len;
+        if e_end > end {
+            let skip = e.skip + (end - s);
+            self.extents.insert(
+                end,
+                Extent {
+                    len: e_end - end,
+                    rec: e.rec,
+                    skip,
+                },
+            );
         }
     }
 

@@ -61,6 +61,18 @@ pub struct PartitionStats {
     pub checkpoints: u64,
 }
 
+impl std::ops::AddAssign for PartitionStats {
+    fn add_assign(&mut self, o: Self) {
+        self.segments += o.segments;
+        self.segment_bytes += o.segment_bytes;
+        self.live_bytes += o.live_bytes;
+        self.objects += o.objects;
+        self.checksum_errors += o.checksum_errors;
+        self.compacted_segments += o.compacted_segments;
+        self.checkpoints += o.checkpoints;
+    }
+}
+
 /// Tunables fixed for the life of an open store.
 #[derive(Clone, Debug)]
 pub struct PartitionConfig {

@@ -253,14 +253,7 @@ impl Shard {
     fn local_stats(&self) -> PartitionStats {
         let mut t = PartitionStats::default();
         for p in self.partitions.values() {
-            let s = p.stats();
-            t.segments += s.segments;
-            t.segment_bytes += s.segment_bytes;
-            t.live_bytes += s.live_bytes;
-            t.objects += s.objects;
-            t.checksum_errors += s.checksum_errors;
-            t.compacted_segments += s.compacted_segments;
-            t.checkpoints += s.checkpoints;
+            t += p.stats();
         }
         t
     }
@@ -350,15 +343,7 @@ impl Shard {
         let mut t = self.local_stats();
         for s in (0..self.shards).filter(|&s| s != self.id) {
             match self.remote(s, Op::Stats).await? {
-                Reply::Stats(x) => {
-                    t.segments += x.segments;
-                    t.segment_bytes += x.segment_bytes;
-                    t.live_bytes += x.live_bytes;
-                    t.objects += x.objects;
-                    t.checksum_errors += x.checksum_errors;
-                    t.compacted_segments += x.compacted_segments;
-                    t.checkpoints += x.checkpoints;
-                }
+                Reply::Stats(x) => t += x,
                 other => return Err(unexpected(other)),
             }
         }
