@@ -6,3 +6,5 @@
 //!
 //! Must not: depend on engine, or trust a length, count or offset from a socket before
 //! checking it against a bound. (Filled in by the sheep/NBD issue.)
+
+pub mod nbd;
