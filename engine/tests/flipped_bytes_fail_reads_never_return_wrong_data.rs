@@ -203,8 +203,7 @@ fn damage_in_the_middle_of_the_log_refuses_to_open() {
             break;
         }
     }
-    // SAFETY: kill(2) on our own child's pid.
-    unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+    child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let segs = segments(dir.path());
     assert_eq!(segs.len(), 1);

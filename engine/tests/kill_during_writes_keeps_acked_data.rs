@@ -103,8 +103,7 @@ fn acked_writes_survive_sigkill() {
             }
         }
         std::thread::sleep(Duration::from_millis(rng.gen_range(20..400)));
-        // SAFETY: kill(2) on our own child's pid.
-        unsafe { libc::kill(child.id() as i32, libc::SIGKILL) };
+        child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
         reader.join().unwrap();
         lines.extend(rx.try_iter());
