@@ -144,9 +144,28 @@ impl Mount {
 
 impl Drop for Mount {
     fn drop(&mut self) {
-        let _ = std::process::Command::new("umount")
-            .arg(&self.path)
-            .status();
+        // A file the store closed asynchronously may still be open for a moment: retry,
+        // then detach lazily so no mount outlives the test run.
+        let unmounted = (0..20).any(|i| {
+            if i > 0 {
+                std::thread::sleep(std::time::Duration::from_millis(50));
+            }
+            std::process::Command::new("umount")
+                .arg(&self.path)
+                .stderr(std::process::Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        });
+        if !unmounted {
+            eprintln!(
+                "warning: {} still busy after 1 s; unmounting lazily",
+                self.path.display()
+            );
+            let _ = std::process::Command::new("umount")
+                .arg("-l")
+                .arg(&self.path)
+                .status();
+        }
         if let Some(img) = &self.image {
             let _ = std::fs::remove_file(img);
         }
