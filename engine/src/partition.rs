@@ -252,7 +252,6 @@ impl Partition {
 
         // Replay every segment at or after the checkpoint position.
         let mut seq = start.seq;
-        let mut applied = start;
         let newest = ids.last().copied();
         for &sid in ids.iter().filter(|&&s| s >= start.segment) {
             let file = segments[&sid].clone();
@@ -388,11 +387,6 @@ impl Partition {
                     break;
                 }
             }
-            applied = LogPos {
-                segment: sid,
-                offset: end,
-                seq,
-            };
             if Some(sid) == newest {
                 // Release the preallocated rest and any garbage after the cut.
                 file.truncate(end)
@@ -401,7 +395,6 @@ impl Partition {
             }
         }
         let next_segment = newest.map_or(0, |n| n + 1).max(start.segment);
-        let _ = applied;
         let resume = LogPos {
             segment: next_segment,
             offset: BLOCK as u64,
