@@ -5,6 +5,10 @@
 //! block export).
 //!
 //! Must not: depend on engine, or trust a length, count or offset from a socket before
-//! checking it against a bound. (Filled in by the sheep/NBD issue.)
+//! checking it against a bound, or block on a runtime of its own: servers here are
+//! generic over `futures` I/O traits and the caller supplies the executor and timers.
 
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod admin;
 pub mod nbd;

@@ -5,4 +5,12 @@
 //! computes the same answers from the same epoch's node list.
 //!
 //! Must not: do I/O, spawn tasks, read clocks, or depend on any other crate of ours.
-//! (Filled in by the cluster and erasure-coding issues.)
+//! (Rings and erasure geometry: the cluster and erasure-coding issues.)
+
+#![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod ids;
+pub mod redundancy;
+
+pub use ids::{object_kind, ObjectKind, Vid};
+pub use redundancy::Redundancy;

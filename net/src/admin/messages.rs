@@ -1,0 +1,438 @@
+//! The admin requests `dog` sends and the responses `sheep` returns, with their body
+//! encodings. Opcodes: requests 0x01.., responses 0x81..; a response with a non-zero
+//! header status is an error whose body is one message string.
+
+use super::body::{Dec, Enc, MAX_NAME, MAX_TEXT};
+use super::{AdminError, FrameHeader, Result, MAX_DATA};
+use collie_placement::Redundancy;
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Request {
+    /// Format the cluster with a default redundancy; `force` erases an existing one.
+    ClusterFormat {
+        redundancy: Redundancy,
+        force: bool,
+    },
+    ClusterInfo,
+    /// Stop every sheep cleanly.
+    ClusterShutdown,
+    NodeInfo,
+    /// `redundancy: None` takes the cluster default.
+    VdiCreate {
+        name: String,
+        size: u64,
+        redundancy: Option<Redundancy>,
+    },
+    VdiList,
+    VdiDelete {
+        name: String,
+    },
+    VdiResize {
+        name: String,
+        size: u64,
+    },
+    VdiRead {
+        name: String,
+        offset: u64,
+        len: u32,
+    },
+    VdiWrite {
+        name: String,
+        offset: u64,
+        data: Vec<u8>,
+    },
+}
+
+/// Why a request failed; `dog` prints the message and exits with a code per kind.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u32)]
+pub enum ErrorCode {
+    Invalid = 1,
+    NotFormatted = 2,
+    AlreadyFormatted = 3,
+    NoVdi = 4,
+    VdiExists = 5,
+    NoSpace = 6,
+    Io = 7,
+    ShuttingDown = 8,
+    Internal = 9,
+}
+
+impl ErrorCode {
+    pub fn from_wire(v: u32) -> ErrorCode {
+        match v {
+            1 => ErrorCode::Invalid,
+            2 => ErrorCode::NotFormatted,
+            3 => ErrorCode::AlreadyFormatted,
+            4 => ErrorCode::NoVdi,
+            5 => ErrorCode::VdiExists,
+            6 => ErrorCode::NoSpace,
+            7 => ErrorCode::Io,
+            8 => ErrorCode::ShuttingDown,
+            _ => ErrorCode::Internal,
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochEntry {
+    pub epoch: u32,
+    /// Unix seconds.
+    pub time: u64,
+    /// `ADDR:PORT` of each member.
+    pub nodes: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterInfo {
+    /// `None` until `dog cluster format`.
+    pub formatted: Option<ClusterFormatInfo>,
+    pub epochs: Vec<EpochEntry>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClusterFormatInfo {
+    /// Unix seconds.
+    pub ctime: u64,
+    pub default_redundancy: Redundancy,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeStat {
+    pub id: u32,
+    pub addr: String,
+    pub zone: u32,
+    /// Bytes the store occupies on disk.
+    pub used: u64,
+    /// Bytes still free on the file system holding the store.
+    pub avail: u64,
+    /// Started with `-n`: acknowledgements are not durable.
+    pub nosync: bool,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeInfo {
+    pub nodes: Vec<NodeStat>,
+    /// Sum of the virtual sizes of every VDI.
+    pub vdi_total: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VdiInfo {
+    pub name: String,
+    pub vid: u32,
+    pub size: u64,
+    /// Bytes of data this VDI's own objects hold.
+    pub used: u64,
+    /// Bytes shared with a parent snapshot (0 until snapshots exist).
+    pub shared: u64,
+    /// Unix seconds.
+    pub ctime: u64,
+    pub redundancy: Redundancy,
+    /// 0 for the working VDI, else the snapshot id.
+    pub snap_id: u32,
+    pub tag: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Response {
+    Ok,
+    Error { code: ErrorCode, message: String },
+    ClusterInfo(ClusterInfo),
+    NodeInfo(NodeInfo),
+    Vdi(VdiInfo),
+    VdiList(Vec<VdiInfo>),
+    Data(Vec<u8>),
+}
+
+mod op {
+    pub const CLUSTER_FORMAT: u16 = 0x01;
+    pub const CLUSTER_INFO: u16 = 0x02;
+    pub const CLUSTER_SHUTDOWN: u16 = 0x03;
+    pub const NODE_INFO: u16 = 0x04;
+    pub const VDI_CREATE: u16 = 0x10;
+    pub const VDI_LIST: u16 = 0x11;
+    pub const VDI_DELETE: u16 = 0x12;
+    pub const VDI_RESIZE: u16 = 0x13;
+    pub const VDI_READ: u16 = 0x14;
+    pub const VDI_WRITE: u16 = 0x15;
+
+    pub const R_OK: u16 = 0x81;
+    pub const R_ERROR: u16 = 0x82;
+    pub const R_CLUSTER_INFO: u16 = 0x83;
+    pub const R_NODE_INFO: u16 = 0x84;
+    pub const R_VDI: u16 = 0x85;
+    pub const R_VDI_LIST: u16 = 0x86;
+    pub const R_DATA: u16 = 0x87;
+}
+
+fn redundancy(d: &mut Dec<'_>) -> Result<Redundancy> {
+    let a = d.u8("redundancy")?;
+    let p = d.u8("redundancy")?;
+    Redundancy::from_wire(a, p).map_err(AdminError::Malformed)
+}
+
+fn put_redundancy(e: &mut Enc, r: Redundancy) {
+    let (a, p) = r.to_wire();
+    e.u8(a).u8(p);
+}
+
+impl Request {
+    /// Opcode and body.
+    pub fn encode(&self) -> (u16, Vec<u8>) {
+        let mut e = Enc::default();
+        let code = match self {
+            Request::ClusterFormat { redundancy, force } => {
+                put_redundancy(&mut e, *redundancy);
+                e.bool(*force);
+                op::CLUSTER_FORMAT
+            }
+            Request::ClusterInfo => op::CLUSTER_INFO,
+            Request::ClusterShutdown => op::CLUSTER_SHUTDOWN,
+            Request::NodeInfo => op::NODE_INFO,
+            Request::VdiCreate {
+                name,
+                size,
+                redundancy,
+            } => {
+                e.str(name).u64(*size);
+                match redundancy {
+                    Some(r) => {
+                        e.bool(true);
+                        put_redundancy(&mut e, *r);
+                    }
+                    None => {
+                        e.bool(false);
+                    }
+                }
+                op::VDI_CREATE
+            }
+            Request::VdiList => op::VDI_LIST,
+            Request::VdiDelete { name } => {
+                e.str(name);
+                op::VDI_DELETE
+            }
+            Request::VdiResize { name, size } => {
+                e.str(name).u64(*size);
+                op::VDI_RESIZE
+            }
+            Request::VdiRead { name, offset, len } => {
+                e.str(name).u64(*offset).u32(*len);
+                op::VDI_READ
+            }
+            Request::VdiWrite { name, offset, data } => {
+                e.str(name).u64(*offset).bytes(data);
+                op::VDI_WRITE
+            }
+        };
+        (code, e.0)
+    }
+
+    pub fn decode(h: &FrameHeader, body: &[u8]) -> Result<Request> {
+        let mut d = Dec::new(body);
+        let r = match h.opcode {
+            op::CLUSTER_FORMAT => Request::ClusterFormat {
+                redundancy: redundancy(&mut d)?,
+                force: d.bool("force")?,
+            },
+            op::CLUSTER_INFO => Request::ClusterInfo,
+            op::CLUSTER_SHUTDOWN => Request::ClusterShutdown,
+            op::NODE_INFO => Request::NodeInfo,
+            op::VDI_CREATE => Request::VdiCreate {
+                name: d.str(MAX_NAME, "vdi name")?,
+                size: d.u64("size")?,
+                redundancy: if d.bool("has redundancy")? {
+                    Some(redundancy(&mut d)?)
+                } else {
+                    None
+                },
+            },
+            op::VDI_LIST => Request::VdiList,
+            op::VDI_DELETE => Request::VdiDelete {
+                name: d.str(MAX_NAME, "vdi name")?,
+            },
+            op::VDI_RESIZE => Request::VdiResize {
+                name: d.str(MAX_NAME, "vdi name")?,
+                size: d.u64("size")?,
+            },
+            op::VDI_READ => Request::VdiRead {
+                name: d.str(MAX_NAME, "vdi name")?,
+                offset: d.u64("offset")?,
+                len: d.u32("length")?,
+            },
+            op::VDI_WRITE => Request::VdiWrite {
+                name: d.str(MAX_NAME, "vdi name")?,
+                offset: d.u64("offset")?,
+                data: d.bytes(MAX_DATA as usize, "data")?.to_vec(),
+            },
+            other => return Err(AdminError::UnknownOpcode(other)),
+        };
+        d.finish()?;
+        Ok(r)
+    }
+}
+
+fn put_vdi(e: &mut Enc, v: &VdiInfo) {
+    e.str(&v.name)
+        .u32(v.vid)
+        .u64(v.size)
+        .u64(v.used)
+        .u64(v.shared)
+        .u64(v.ctime);
+    put_redundancy(e, v.redundancy);
+    e.u32(v.snap_id).str(&v.tag);
+}
+
+fn vdi(d: &mut Dec<'_>) -> Result<VdiInfo> {
+    Ok(VdiInfo {
+        name: d.str(MAX_NAME, "vdi name")?,
+        vid: d.u32("vid")?,
+        size: d.u64("size")?,
+        used: d.u64("used")?,
+        shared: d.u64("shared")?,
+        ctime: d.u64("ctime")?,
+        redundancy: redundancy(d)?,
+        snap_id: d.u32("snap id")?,
+        tag: d.str(MAX_NAME, "tag")?,
+    })
+}
+
+/// Smallest encoding of one list entry, so counts can be checked against the body.
+const MIN_VDI: usize = 4 + 4 + 8 * 4 + 2 + 4 + 4;
+const MIN_NODE: usize = 4 + 4 + 4 + 16 + 1;
+const MIN_EPOCH: usize = 4 + 8 + 4;
+
+impl Response {
+    /// Opcode, status and body.
+    pub fn encode(&self) -> (u16, u32, Vec<u8>) {
+        let mut e = Enc::default();
+        let (code, status) = match self {
+            Response::Ok => (op::R_OK, 0),
+            Response::Error { code, message } => {
+                let mut m = message.as_str();
+                if m.len() > MAX_TEXT {
+                    let mut end = MAX_TEXT;
+                    while !m.is_char_boundary(end) {
+                        end -= 1;
+                    }
+                    m = &m[..end];
+                }
+                e.str(m);
+                (op::R_ERROR, *code as u32)
+            }
+            Response::ClusterInfo(ci) => {
+                match &ci.formatted {
+                    Some(f) => {
+                        e.bool(true).u64(f.ctime);
+                        put_redundancy(&mut e, f.default_redundancy);
+                    }
+                    None => {
+                        e.bool(false);
+                    }
+                }
+                e.u32(ci.epochs.len() as u32);
+                for ep in &ci.epochs {
+                    e.u32(ep.epoch).u64(ep.time).u32(ep.nodes.len() as u32);
+                    for n in &ep.nodes {
+                        e.str(n);
+                    }
+                }
+                (op::R_CLUSTER_INFO, 0)
+            }
+            Response::NodeInfo(ni) => {
+                e.u32(ni.nodes.len() as u32);
+                for n in &ni.nodes {
+                    e.u32(n.id)
+                        .str(&n.addr)
+                        .u32(n.zone)
+                        .u64(n.used)
+                        .u64(n.avail)
+                        .bool(n.nosync);
+                }
+                e.u64(ni.vdi_total);
+                (op::R_NODE_INFO, 0)
+            }
+            Response::Vdi(v) => {
+                put_vdi(&mut e, v);
+                (op::R_VDI, 0)
+            }
+            Response::VdiList(list) => {
+                e.u32(list.len() as u32);
+                for v in list {
+                    put_vdi(&mut e, v);
+                }
+                (op::R_VDI_LIST, 0)
+            }
+            Response::Data(data) => {
+                e.bytes(data);
+                (op::R_DATA, 0)
+            }
+        };
+        (code, status, e.0)
+    }
+
+    pub fn decode(h: &FrameHeader, body: &[u8]) -> Result<Response> {
+        let mut d = Dec::new(body);
+        let r = match h.opcode {
+            op::R_OK => Response::Ok,
+            op::R_ERROR => Response::Error {
+                code: ErrorCode::from_wire(h.status),
+                message: d.str(MAX_TEXT, "error message")?,
+            },
+            op::R_CLUSTER_INFO => {
+                let formatted = if d.bool("formatted")? {
+                    Some(ClusterFormatInfo {
+                        ctime: d.u64("ctime")?,
+                        default_redundancy: redundancy(&mut d)?,
+                    })
+                } else {
+                    None
+                };
+                let n = d.count(MIN_EPOCH, "epochs")?;
+                let mut epochs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let epoch = d.u32("epoch")?;
+                    let time = d.u64("epoch time")?;
+                    let m = d.count(4, "epoch nodes")?;
+                    let mut nodes = Vec::with_capacity(m);
+                    for _ in 0..m {
+                        nodes.push(d.str(MAX_NAME, "node address")?);
+                    }
+                    epochs.push(EpochEntry { epoch, time, nodes });
+                }
+                Response::ClusterInfo(ClusterInfo { formatted, epochs })
+            }
+            op::R_NODE_INFO => {
+                let n = d.count(MIN_NODE, "nodes")?;
+                let mut nodes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    nodes.push(NodeStat {
+                        id: d.u32("node id")?,
+                        addr: d.str(MAX_NAME, "node address")?,
+                        zone: d.u32("zone")?,
+                        used: d.u64("used")?,
+                        avail: d.u64("avail")?,
+                        nosync: d.bool("nosync")?,
+                    });
+                }
+                Response::NodeInfo(NodeInfo {
+                    nodes,
+                    vdi_total: d.u64("vdi total")?,
+                })
+            }
+            op::R_VDI => Response::Vdi(vdi(&mut d)?),
+            op::R_VDI_LIST => {
+                let n = d.count(MIN_VDI, "vdis")?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(vdi(&mut d)?);
+                }
+                Response::VdiList(list)
+            }
+            op::R_DATA => Response::Data(d.bytes(MAX_DATA as usize, "data")?.to_vec()),
+            other => return Err(AdminError::UnknownOpcode(other)),
+        };
+        d.finish()?;
+        Ok(r)
+    }
+}

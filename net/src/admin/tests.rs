@@ -1,0 +1,159 @@
+use super::*;
+use collie_placement::Redundancy;
+
+fn round_trip_request(r: Request) {
+    let (op, body) = r.encode();
+    let mut wire = Vec::new();
+    write_frame(&mut wire, op, 0, 9, &body).unwrap();
+    let (h, b) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
+    assert_eq!(h.id, 9);
+    assert_eq!(Request::decode(&h, &b).unwrap(), r);
+}
+
+fn round_trip_response(r: Response) {
+    let (op, status, body) = r.encode();
+    let mut wire = Vec::new();
+    write_frame(&mut wire, op, status, 3, &body).unwrap();
+    let (h, b) = read_frame(&mut wire.as_slice()).unwrap().unwrap();
+    assert_eq!(Response::decode(&h, &b).unwrap(), r);
+}
+
+fn vdi_info() -> VdiInfo {
+    VdiInfo {
+        name: "replica".into(),
+        vid: 0x72a1e2,
+        size: 20 << 30,
+        used: 4 << 20,
+        shared: 0,
+        ctime: 1_369_623_031,
+        redundancy: Redundancy::Erasure { data: 4, parity: 2 },
+        snap_id: 0,
+        tag: String::new(),
+    }
+}
+
+#[test]
+fn every_message_round_trips() {
+    for r in [
+        Request::ClusterFormat {
+            redundancy: Redundancy::Replicated { copies: 3 },
+            force: true,
+        },
+        Request::ClusterInfo,
+        Request::ClusterShutdown,
+        Request::NodeInfo,
+        Request::VdiCreate {
+            name: "a".into(),
+            size: 1 << 40,
+            redundancy: None,
+        },
+        Request::VdiCreate {
+            name: "b".into(),
+            size: 5,
+            redundancy: Some(Redundancy::Replicated { copies: 2 }),
+        },
+        Request::VdiList,
+        Request::VdiDelete { name: "a".into() },
+        Request::VdiResize {
+            name: "a".into(),
+            size: 7,
+        },
+        Request::VdiRead {
+            name: "a".into(),
+            offset: 3,
+            len: 4,
+        },
+        Request::VdiWrite {
+            name: "a".into(),
+            offset: 3,
+            data: vec![1, 2, 3],
+        },
+    ] {
+        round_trip_request(r);
+    }
+    for r in [
+        Response::Ok,
+        Response::Error {
+            code: ErrorCode::NoVdi,
+            message: "no such vdi".into(),
+        },
+        Response::ClusterInfo(ClusterInfo {
+            formatted: Some(ClusterFormatInfo {
+                ctime: 5,
+                default_redundancy: Redundancy::Replicated { copies: 3 },
+            }),
+            epochs: vec![EpochEntry {
+                epoch: 1,
+                time: 5,
+                nodes: vec!["127.0.0.1:7000".into()],
+            }],
+        }),
+        Response::ClusterInfo(ClusterInfo {
+            formatted: None,
+            epochs: vec![],
+        }),
+        Response::NodeInfo(NodeInfo {
+            nodes: vec![NodeStat {
+                id: 0,
+                addr: "127.0.0.1:7000".into(),
+                zone: 0,
+                used: 1,
+                avail: 2,
+                nosync: true,
+            }],
+            vdi_total: 9,
+        }),
+        Response::Vdi(vdi_info()),
+        Response::VdiList(vec![vdi_info(), vdi_info()]),
+        Response::Data(vec![0; 4096]),
+    ] {
+        round_trip_response(r);
+    }
+}
+
+#[test]
+fn damaged_frames_are_rejected_not_trusted() {
+    let (op, body) = Request::VdiDelete { name: "x".into() }.encode();
+    let mut wire = Vec::new();
+    write_frame(&mut wire, op, 0, 1, &body).unwrap();
+    // Every single-byte flip is caught by a magic, version, length or CRC check.
+    for i in 0..wire.len() {
+        let mut w = wire.clone();
+        w[i] ^= 0x5a;
+        assert!(read_frame(&mut w.as_slice()).is_err(), "flip at {i} passed");
+    }
+    // A header claiming a huge body is refused before allocation.
+    let mut h = FrameHeader::new(op, 0, 1, &body);
+    h.body_len = u32::MAX;
+    h.header_crc = crc32c::crc32c(&bytemuck::bytes_of(&h)[..HEADER_LEN - 4]);
+    let bytes = bytemuck::bytes_of(&h).to_vec();
+    assert!(matches!(
+        read_frame(&mut bytes.as_slice()),
+        Err(AdminError::TooLarge(_))
+    ));
+    // Truncation and clean EOF.
+    assert!(read_frame(&mut &wire[..10]).is_err());
+    assert!(read_frame(&mut &wire[..HEADER_LEN + 1]).is_err());
+    assert!(read_frame(&mut &[][..]).unwrap().is_none());
+}
+
+#[test]
+fn random_bodies_never_panic() {
+    let mut x: u64 = 0x1234_5678_9abc_def1;
+    for opcode in (0u16..0x20).chain(0x80..0x90) {
+        for _ in 0..200 {
+            let len = (x % 64) as usize;
+            let body: Vec<u8> = (0..len)
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    (x % 7) as u8 // small values make plausible counts and lengths
+                })
+                .collect();
+            let h = FrameHeader::new(opcode, 0, 1, &body);
+            let _ = Request::decode(&h, &body);
+            let _ = Response::decode(&h, &body);
+        }
+    }
+}
