@@ -3,7 +3,8 @@
 //! Owns the node-local object store: shards (one glommio executor per core), the
 //! partitions each shard owns, their direct-I/O segment logs with group commit, the
 //! in-memory extent index with checkpoints, CRC32C verification on every read, and
-//! compaction. Later: the gateway fan-out, VDI/inode logic, membership and recovery.
+//! compaction; VDIs (inodes, vids, byte ranges over objects) served as NBD exports and
+//! answered to admin requests. Later: the gateway fan-out, membership and recovery.
 //!
 //! Must not: take a lock on the data path (shards talk by message), return bytes that
 //! failed their checksum, acknowledge a write before it is durable (unless the store
@@ -13,11 +14,15 @@
 
 mod checkpoint;
 pub mod error;
+pub mod export;
 pub mod format;
+pub mod frontend;
 pub mod index;
+pub mod node;
 pub mod partition;
 pub mod shard;
 pub mod store;
+pub mod vdi;
 
 pub use error::{Result, StoreError};
 pub use partition::{ObjectInfo, PartitionStats, WriteMeta, MAX_IO, MAX_OBJECT_SIZE};

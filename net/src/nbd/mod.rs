@@ -8,6 +8,7 @@
 
 pub mod consts;
 pub mod handshake;
+pub mod server;
 pub mod transmission;
 pub mod validate;
 
@@ -16,6 +17,10 @@ pub use handshake::{
     encode_rep_info_export, encode_rep_info_name, encode_rep_meta_context, encode_rep_server,
     encode_server_greeting, parse_client_flags, parse_export_name, parse_info_request,
     parse_meta_context_request, parse_option_header, InfoRequest, MetaContextRequest, OptionHeader,
+};
+pub use server::{
+    handshake as serve_handshake, transmission as serve_transmission, BlockExport, ExportError,
+    ExportProvider, ServeError, ServerConfig, Session,
 };
 pub use transmission::{
     encode_block_status, encode_block_status_ext, encode_chunk_header, encode_error_offset_payload,

@@ -1,0 +1,693 @@
+//! The NBD server: drives one client connection through the fixed newstyle handshake
+//! and the transmission phase, on top of the sans-I/O codec in this module's siblings.
+//!
+//! Runtime-agnostic: it is generic over `futures` I/O and over the [`ExportProvider`] /
+//! [`BlockExport`] a storage engine implements, and it never sleeps or spawns. Requests
+//! of one connection run concurrently (bounded by [`ServerConfig::max_in_flight`] and
+//! [`ServerConfig::max_in_flight_bytes`]) and their replies go out in completion order,
+//! each tagged with the client's cookie. The caller bounds the handshake with a timer.
+
+use super::consts::*;
+use super::handshake::{GREETING_LEN, OPTION_HEADER_LEN};
+use super::transmission::request_header_len;
+use super::{
+    encode_block_status, encode_block_status_ext, encode_chunk_header, encode_error_payload,
+    encode_export_name_reply, encode_offset_data_prefix, encode_rep_ack, encode_rep_error,
+    encode_rep_info_block_size, encode_rep_info_export, encode_rep_info_name,
+    encode_rep_meta_context, encode_rep_server, encode_server_greeting, encode_simple_reply,
+    parse_client_flags, parse_export_name, parse_info_request, parse_meta_context_request,
+    parse_option_header, parse_request, validate_request, Command, ExportLimits, HeaderStyle,
+    NbdError, Request, Verdict,
+};
+use futures::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use futures::stream::{FuturesUnordered, StreamExt};
+use std::future::Future;
+use std::pin::Pin;
+use std::task::Poll;
+
+/// The only metadata context we serve, and the id we give it.
+pub const BASE_ALLOCATION: &str = "base:allocation";
+const BASE_ALLOCATION_ID: u32 = 1;
+/// Most bytes of the export one BLOCK_STATUS reply describes; the client asks again
+/// for the rest (the spec allows a reply shorter than the request).
+pub const MAX_STATUS_SPAN: u64 = 1 << 30;
+
+/// What an engine implements to be served over NBD: one opened export.
+///
+/// Errors are NBD error values (`consts::EIO`, `ENOSPC`, ...) with a message for
+/// clients that negotiated structured replies.
+pub trait BlockExport {
+    fn size(&self) -> u64;
+    /// Advertise `NBD_FLAG_CAN_MULTI_CONN`: true only if a FLUSH on any connection
+    /// covers writes completed on every other connection to the same export.
+    fn multi_conn(&self) -> bool;
+    fn read(&self, offset: u64, len: u64) -> impl Future<Output = Result<Vec<u8>, ExportError>>;
+    /// Returns when the data is durable if `fua` (or always, if the engine acks only
+    /// durable writes).
+    fn write(
+        &self,
+        offset: u64,
+        data: &[u8],
+        fua: bool,
+    ) -> impl Future<Output = Result<(), ExportError>>;
+    fn flush(&self) -> impl Future<Output = Result<(), ExportError>>;
+    /// Make the range read as zeros and, where possible, release its space.
+    fn trim(&self, offset: u64, len: u64) -> impl Future<Output = Result<(), ExportError>>;
+    /// Make the range read as zeros; with `allocate` (NO_HOLE) it must stay allocated.
+    fn write_zeroes(
+        &self,
+        offset: u64,
+        len: u64,
+        allocate: bool,
+    ) -> impl Future<Output = Result<(), ExportError>>;
+    /// `(length, is_data)` runs starting at `offset`, covering at least one byte and at
+    /// most `len`; holes read as zeros.
+    fn extents(
+        &self,
+        offset: u64,
+        len: u64,
+    ) -> impl Future<Output = Result<Vec<(u64, bool)>, ExportError>>;
+}
+
+/// Finds exports by name.
+pub trait ExportProvider {
+    type Export: BlockExport;
+    /// Export names for `NBD_OPT_LIST`.
+    fn list(&self) -> impl Future<Output = Result<Vec<String>, String>>;
+    /// `Ok(None)` if no export has that name.
+    fn open(&self, name: &str) -> impl Future<Output = Result<Option<Self::Export>, String>>;
+}
+
+/// An error from the engine, as NBD reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExportError {
+    /// One of the `NBD_E*` values in `consts`.
+    pub errno: u32,
+    pub message: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Largest READ/WRITE we accept (advertised as the maximum block size).
+    pub max_block: u32,
+    /// Requests of one connection running at once.
+    pub max_in_flight: usize,
+    /// Bytes of request and reply payload one connection may hold at once (a single
+    /// request larger than this still runs, alone).
+    pub max_in_flight_bytes: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        ServerConfig {
+            max_block: 32 << 20,
+            max_in_flight: 64,
+            max_in_flight_bytes: 128 << 20,
+        }
+    }
+}
+
+/// Why a connection ended other than by the client's orderly `NBD_CMD_DISC`/`ABORT`.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("protocol: {0}")]
+    Protocol(#[from] NbdError),
+    #[error("client asked for unknown export '{0}' with NBD_OPT_EXPORT_NAME")]
+    UnknownExport(String),
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// What the handshake agreed on; hand it to [`transmission`].
+pub struct Session<E> {
+    pub export: E,
+    pub export_name: String,
+    limits: ExportLimits,
+}
+
+impl<E> Session<E> {
+    pub fn style(&self) -> HeaderStyle {
+        self.limits.style
+    }
+    pub fn structured(&self) -> bool {
+        self.limits.structured
+    }
+}
+
+const HANDSHAKE_FLAGS: u16 = FLAG_FIXED_NEWSTYLE | FLAG_NO_ZEROES;
+
+fn transmission_flags(e: &impl BlockExport, structured: bool) -> u16 {
+    let mut f = FLAG_HAS_FLAGS
+        | FLAG_SEND_FLUSH
+        | FLAG_SEND_FUA
+        | FLAG_SEND_TRIM
+        | FLAG_SEND_WRITE_ZEROES
+        | FLAG_SEND_FAST_ZERO;
+    if structured {
+        // Every read reply is one chunk, so "don't fragment" costs nothing.
+        f |= FLAG_SEND_DF;
+    }
+    if e.multi_conn() {
+        f |= FLAG_CAN_MULTI_CONN;
+    }
+    f
+}
+
+async fn send(w: &mut (impl AsyncWrite + Unpin), buf: &[u8]) -> std::io::Result<()> {
+    w.write_all(buf).await?;
+    w.flush().await
+}
+
+/// Runs the handshake. `Ok(None)`: the client aborted or left politely.
+pub async fn handshake<S, P>(
+    stream: &mut S,
+    provider: &P,
+    cfg: &ServerConfig,
+) -> Result<Option<Session<P::Export>>, ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    P: ExportProvider,
+{
+    let mut out = Vec::with_capacity(GREETING_LEN);
+    encode_server_greeting(&mut out, HANDSHAKE_FLAGS);
+    send(stream, &out).await?;
+    let mut cf = [0u8; 4];
+    stream.read_exact(&mut cf).await?;
+    let client_flags = parse_client_flags(&cf, HANDSHAKE_FLAGS)?;
+    let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
+
+    let mut structured = false;
+    let mut extended = false;
+    let mut meta_context = false;
+    loop {
+        let mut hb = [0u8; OPTION_HEADER_LEN];
+        match stream.read_exact(&mut hb).await {
+            Ok(()) => {}
+            // A client may just hang up between options (nbdinfo --list does not).
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+            Err(e) => return Err(e.into()),
+        }
+        // A too-long option is not drained: refusing it closes the connection.
+        let oh = parse_option_header(&hb)?;
+        let mut body = vec![0u8; oh.len as usize];
+        stream.read_exact(&mut body).await?;
+        let opt = oh.code;
+        out.clear();
+        match opt {
+            OPT_EXPORT_NAME => {
+                let name = parse_export_name(&body)?.to_owned();
+                let Some(export) = provider.open(&name).await.map_err(ServeError::Refused)? else {
+                    // The spec leaves no error reply for EXPORT_NAME: close.
+                    return Err(ServeError::UnknownExport(name));
+                };
+                let tflags = transmission_flags(&export, structured);
+                encode_export_name_reply(&mut out, export.size(), tflags, no_zeroes);
+                send(stream, &out).await?;
+                return Ok(Some(session(
+                    export,
+                    name,
+                    tflags,
+                    cfg,
+                    structured,
+                    extended,
+                    meta_context,
+                )));
+            }
+            OPT_ABORT => {
+                encode_rep_ack(&mut out, opt);
+                // The client may already be gone; that is fine.
+                let _ = send(stream, &out).await;
+                return Ok(None);
+            }
+            OPT_LIST if !body.is_empty() => {
+                encode_rep_error(&mut out, opt, REP_ERR_INVALID, "NBD_OPT_LIST takes no data")
+            }
+            OPT_LIST => match provider.list().await {
+                Ok(names) => {
+                    for n in &names {
+                        encode_rep_server(&mut out, opt, n)?;
+                    }
+                    encode_rep_ack(&mut out, opt);
+                }
+                Err(m) => encode_rep_error(&mut out, opt, REP_ERR_UNKNOWN, &m),
+            },
+            OPT_STRUCTURED_REPLY | OPT_EXTENDED_HEADERS if !body.is_empty() => {
+                encode_rep_error(&mut out, opt, REP_ERR_INVALID, "option takes no data")
+            }
+            OPT_STRUCTURED_REPLY if extended => encode_rep_error(
+                &mut out,
+                opt,
+                REP_ERR_EXT_HEADER_REQD,
+                "extended headers are already on",
+            ),
+            OPT_STRUCTURED_REPLY => {
+                structured = true;
+                encode_rep_ack(&mut out, opt);
+            }
+            OPT_EXTENDED_HEADERS => {
+                extended = true;
+                structured = true;
+                encode_rep_ack(&mut out, opt);
+            }
+            OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
+                let set = opt == OPT_SET_META_CONTEXT;
+                match parse_meta_context_request(&body) {
+                    Err(e) => encode_rep_error(&mut out, opt, REP_ERR_INVALID, &e.to_string()),
+                    Ok(_) if set && !structured => encode_rep_error(
+                        &mut out,
+                        opt,
+                        REP_ERR_INVALID,
+                        "negotiate structured replies before setting a meta context",
+                    ),
+                    Ok(req) => {
+                        let wanted = |q: &str| {
+                            q == BASE_ALLOCATION || (!set && (q == "base:" || q.is_empty()))
+                        };
+                        let any =
+                            req.queries.is_empty() && !set || req.queries.iter().any(|q| wanted(q));
+                        match provider.open(req.export).await {
+                            Ok(Some(_)) => {
+                                if any {
+                                    encode_rep_meta_context(
+                                        &mut out,
+                                        opt,
+                                        BASE_ALLOCATION_ID,
+                                        BASE_ALLOCATION,
+                                    )?;
+                                }
+                                if set {
+                                    meta_context = any;
+                                }
+                                encode_rep_ack(&mut out, opt);
+                            }
+                            Ok(None) => encode_rep_error(
+                                &mut out,
+                                opt,
+                                REP_ERR_UNKNOWN,
+                                &format!("no export named '{}'", req.export),
+                            ),
+                            Err(m) => encode_rep_error(&mut out, opt, REP_ERR_UNKNOWN, &m),
+                        }
+                    }
+                }
+            }
+            OPT_INFO | OPT_GO => {
+                let go = opt == OPT_GO;
+                match parse_info_request(&body) {
+                    Err(e) => encode_rep_error(&mut out, opt, REP_ERR_INVALID, &e.to_string()),
+                    Ok(req) => {
+                        let name = req.export.to_owned();
+                        match provider.open(&name).await {
+                            Ok(Some(export)) => {
+                                let tflags = transmission_flags(&export, structured);
+                                encode_rep_info_export(&mut out, opt, export.size(), tflags);
+                                if req.requests.contains(&INFO_NAME) {
+                                    encode_rep_info_name(&mut out, opt, &name)?;
+                                }
+                                encode_rep_info_block_size(&mut out, opt, 1, 4096, cfg.max_block);
+                                encode_rep_ack(&mut out, opt);
+                                if go {
+                                    send(stream, &out).await?;
+                                    return Ok(Some(session(
+                                        export,
+                                        name,
+                                        tflags,
+                                        cfg,
+                                        structured,
+                                        extended,
+                                        meta_context,
+                                    )));
+                                }
+                            }
+                            Ok(None) => encode_rep_error(
+                                &mut out,
+                                opt,
+                                REP_ERR_UNKNOWN,
+                                &format!("no export named '{name}'"),
+                            ),
+                            Err(m) => encode_rep_error(&mut out, opt, REP_ERR_UNKNOWN, &m),
+                        }
+                    }
+                }
+            }
+            _ => encode_rep_error(&mut out, opt, REP_ERR_UNSUP, "option not supported"),
+        }
+        send(stream, &out).await?;
+    }
+}
+
+fn session<E>(
+    export: E,
+    name: String,
+    tflags: u16,
+    cfg: &ServerConfig,
+    structured: bool,
+    extended: bool,
+    meta_context: bool,
+) -> Session<E>
+where
+    E: BlockExport,
+{
+    let limits = ExportLimits {
+        size: export.size(),
+        min_block: 1,
+        max_block: cfg.max_block,
+        tflags,
+        structured,
+        meta_context: meta_context && structured,
+        style: if extended {
+            HeaderStyle::Extended
+        } else {
+            HeaderStyle::Compact
+        },
+    };
+    Session {
+        export,
+        export_name: name,
+        limits,
+    }
+}
+
+/// One request read off the wire with its payload and the verdict on it.
+struct Incoming {
+    req: Request,
+    payload: Vec<u8>,
+    verdict: Verdict,
+}
+
+/// How a request finished.
+enum Outcome {
+    Data(Vec<u8>),
+    Done,
+    Extents(Vec<(u64, bool)>),
+    Failed(ExportError),
+}
+
+struct Finished {
+    req: Request,
+    /// Bytes this request held against the in-flight budget.
+    weight: u64,
+    outcome: Outcome,
+}
+
+async fn read_request<R: AsyncRead + Unpin>(
+    mut rd: R,
+    limits: ExportLimits,
+) -> (R, Result<Option<Incoming>, ServeError>) {
+    let r = read_request_inner(&mut rd, &limits).await;
+    (rd, r)
+}
+
+async fn read_request_inner<R: AsyncRead + Unpin>(
+    rd: &mut R,
+    limits: &ExportLimits,
+) -> Result<Option<Incoming>, ServeError> {
+    let mut hb = [0u8; 32];
+    match rd.read_exact(&mut hb[..4]).await {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e.into()),
+    }
+    let n = request_header_len([hb[0], hb[1], hb[2], hb[3]])?;
+    rd.read_exact(&mut hb[4..n]).await?;
+    let (req, style, _) = parse_request(&hb[..n])?;
+    if style != limits.style {
+        return Err(NbdError::Malformed {
+            what: "request header",
+            why: "header style differs from the negotiated one",
+        }
+        .into());
+    }
+    let verdict = validate_request(&req, limits);
+    if verdict == Verdict::Disconnect {
+        return Err(NbdError::TooLong {
+            what: "request payload",
+            len: req.length,
+            max: u64::from(limits.max_block),
+        }
+        .into());
+    }
+    // Bounded by validate_request (Disconnect above) before we allocate it.
+    let mut payload = vec![0u8; req.payload_len(limits.style) as usize];
+    rd.read_exact(&mut payload).await?;
+    Ok(Some(Incoming {
+        req,
+        payload,
+        verdict,
+    }))
+}
+
+fn weight(req: &Request, payload: &[u8]) -> u64 {
+    match req.kind {
+        Command::Read => req.length,
+        _ => payload.len() as u64,
+    }
+}
+
+async fn run_request<E: BlockExport>(export: &E, inc: Incoming, structured: bool) -> Finished {
+    let Incoming {
+        req,
+        payload,
+        verdict,
+    } = inc;
+    let w = weight(&req, &payload);
+    let fail = |errno: u32, message: &str| {
+        Outcome::Failed(ExportError {
+            errno,
+            message: message.to_owned(),
+        })
+    };
+    let outcome = match verdict {
+        Verdict::Reply(errno) => fail(errno, "request refused: invalid for this export"),
+        Verdict::Disconnect => fail(EINVAL, "request refused"),
+        Verdict::Ok => {
+            let (off, len) = (req.offset, req.length);
+            let fua = req.flags & CMD_FLAG_FUA != 0;
+            let done =
+                |r: Result<(), ExportError>| r.map_or_else(Outcome::Failed, |()| Outcome::Done);
+            match req.kind {
+                Command::Read if len == 0 => Outcome::Data(Vec::new()),
+                Command::Read => export
+                    .read(off, len)
+                    .await
+                    .map_or_else(Outcome::Failed, Outcome::Data),
+                Command::Write if payload.is_empty() => Outcome::Done,
+                Command::Write => done(export.write(off, &payload, fua).await),
+                Command::Flush => done(export.flush().await),
+                Command::Trim if len == 0 => Outcome::Done,
+                Command::Trim => done(export.trim(off, len).await),
+                Command::WriteZeroes if len == 0 => Outcome::Done,
+                Command::WriteZeroes => {
+                    let no_hole = req.flags & CMD_FLAG_NO_HOLE != 0;
+                    if no_hole && req.flags & CMD_FLAG_FAST_ZERO != 0 {
+                        // Writing real zeros is no faster than a WRITE: the spec wants
+                        // ENOTSUP so the client can choose.
+                        fail(ENOTSUP, "allocating zeros is not faster than writing them")
+                    } else {
+                        done(export.write_zeroes(off, len, no_hole).await)
+                    }
+                }
+                Command::BlockStatus if structured => {
+                    let span = len.min(MAX_STATUS_SPAN);
+                    match export.extents(off, span).await {
+                        Ok(e) if e.is_empty() => fail(EIO, "no extents"),
+                        Ok(mut e) => {
+                            if req.flags & CMD_FLAG_REQ_ONE != 0 {
+                                e.truncate(1);
+                            }
+                            Outcome::Extents(e)
+                        }
+                        Err(e) => Outcome::Failed(e),
+                    }
+                }
+                // Cache is not advertised and Disc never gets here.
+                _ => fail(EINVAL, "unsupported command"),
+            }
+        }
+    };
+    Finished {
+        req,
+        weight: w,
+        outcome,
+    }
+}
+
+/// Encodes the reply for `f` into `out` (data goes into `data` to avoid a copy).
+fn encode_reply(out: &mut Vec<u8>, f: &Finished, limits: &ExportLimits) -> Result<(), NbdError> {
+    let style = limits.style;
+    let cookie = f.req.cookie;
+    let offset = f.req.offset;
+    let mut payload = Vec::new();
+    match (&f.outcome, limits.structured) {
+        (Outcome::Failed(e), false) => encode_simple_reply(out, e.errno, cookie),
+        (Outcome::Data(_), false) => encode_simple_reply(out, 0, cookie),
+        (Outcome::Done | Outcome::Extents(_), false) => encode_simple_reply(out, 0, cookie),
+        (Outcome::Failed(e), true) => {
+            let n = encode_error_payload(&mut payload, e.errno.max(1), &e.message);
+            encode_chunk_header(
+                out,
+                style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_ERROR,
+                cookie,
+                offset,
+                n,
+            )?;
+            out.extend_from_slice(&payload);
+        }
+        (Outcome::Data(d), true) if d.is_empty() => {
+            encode_chunk_header(
+                out,
+                style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                cookie,
+                offset,
+                0,
+            )?;
+        }
+        (Outcome::Data(d), true) => {
+            encode_chunk_header(
+                out,
+                style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_OFFSET_DATA,
+                cookie,
+                offset,
+                8 + d.len() as u64,
+            )?;
+            encode_offset_data_prefix(out, offset);
+        }
+        (Outcome::Done, true) if style == HeaderStyle::Compact => {
+            // Structured replies still allow simple replies for non-read commands.
+            encode_simple_reply(out, 0, cookie);
+        }
+        (Outcome::Done, true) => {
+            encode_chunk_header(
+                out,
+                style,
+                REPLY_FLAG_DONE,
+                REPLY_TYPE_NONE,
+                cookie,
+                offset,
+                0,
+            )?;
+        }
+        (Outcome::Extents(e), true) => {
+            let flags = |data: bool| if data { 0 } else { STATE_HOLE | STATE_ZERO };
+            let (ty, n) = match style {
+                HeaderStyle::Compact => {
+                    // Lengths fit: the span is at most MAX_STATUS_SPAN (1 GiB).
+                    let d: Vec<(u32, u32)> = e
+                        .iter()
+                        .map(|&(l, data)| (l.min(u64::from(u32::MAX)) as u32, flags(data)))
+                        .collect();
+                    (
+                        REPLY_TYPE_BLOCK_STATUS,
+                        encode_block_status(&mut payload, BASE_ALLOCATION_ID, &d),
+                    )
+                }
+                HeaderStyle::Extended => {
+                    let d: Vec<(u64, u64)> = e
+                        .iter()
+                        .map(|&(l, data)| (l, u64::from(flags(data))))
+                        .collect();
+                    (
+                        REPLY_TYPE_BLOCK_STATUS_EXT,
+                        encode_block_status_ext(&mut payload, BASE_ALLOCATION_ID, &d),
+                    )
+                }
+            };
+            encode_chunk_header(out, style, REPLY_FLAG_DONE, ty, cookie, offset, n)?;
+            out.extend_from_slice(&payload);
+        }
+    }
+    Ok(())
+}
+
+/// Serves requests until the client disconnects. Requests run concurrently; a reply is
+/// sent as soon as its request finishes.
+pub async fn transmission<S, E>(
+    stream: S,
+    session: &Session<E>,
+    cfg: &ServerConfig,
+) -> Result<(), ServeError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    E: BlockExport,
+{
+    let (rd, mut wr) = stream.split();
+    let limits = session.limits;
+    let export = &session.export;
+    type ReadFut<'a, R> =
+        Pin<Box<dyn Future<Output = (R, Result<Option<Incoming>, ServeError>)> + 'a>>;
+    let mut reader: Option<ReadFut<'_, _>> = Some(Box::pin(read_request(
+        BufReader::with_capacity(64 << 10, rd),
+        limits,
+    )));
+    let mut parked = None; // the read half while the budget is exhausted
+    let mut running = FuturesUnordered::new();
+    let mut in_flight_bytes = 0u64;
+    let mut closing = false;
+    let mut out = Vec::with_capacity(64);
+
+    enum Event<R> {
+        Read(R, Result<Option<Incoming>, ServeError>),
+        Finished(Finished),
+    }
+
+    loop {
+        if closing && running.is_empty() {
+            return Ok(());
+        }
+        let event = futures::future::poll_fn(|cx| {
+            if let Some(r) = reader.as_mut() {
+                if let Poll::Ready((rd, res)) = r.as_mut().poll(cx) {
+                    reader = None;
+                    return Poll::Ready(Event::Read(rd, res));
+                }
+            }
+            match running.poll_next_unpin(cx) {
+                Poll::Ready(Some(f)) => Poll::Ready(Event::Finished(f)),
+                _ => Poll::Pending,
+            }
+        })
+        .await;
+        match event {
+            Event::Read(_, Err(e)) => return Err(e),
+            Event::Read(_, Ok(None)) => closing = true, // client hung up without DISC
+            Event::Read(rd, Ok(Some(inc))) => {
+                if inc.req.kind == Command::Disc && inc.verdict == Verdict::Ok {
+                    closing = true;
+                } else {
+                    in_flight_bytes += weight(&inc.req, &inc.payload);
+                    running.push(run_request(export, inc, limits.structured));
+                    parked = Some(rd);
+                }
+            }
+            Event::Finished(f) => {
+                in_flight_bytes -= f.weight;
+                out.clear();
+                encode_reply(&mut out, &f, &limits)?;
+                wr.write_all(&out).await?;
+                if let Outcome::Data(d) = &f.outcome {
+                    wr.write_all(d).await?;
+                }
+                wr.flush().await?;
+            }
+        }
+        // Read the next request only while within budget (one oversized request may
+        // run alone).
+        if reader.is_none() && !closing {
+            let room = running.len() < cfg.max_in_flight
+                && (running.is_empty() || in_flight_bytes < cfg.max_in_flight_bytes);
+            if room {
+                if let Some(rd) = parked.take() {
+                    reader = Some(Box::pin(read_request(rd, limits)));
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,1268 @@
+//! The pure half of `dog`: its command line (parsed into a [`Command`] against one table
+//! of commands and one of options) and the text it prints, in Sheepdog's columns. The
+//! binary (`bin/dog.rs`) only connects, calls and writes; everything here is testable
+//! without a sheep.
+
+use std::ffi::CStr;
+use std::fmt::Write as _;
+
+use collie_net::admin::body::MAX_NAME;
+use collie_net::admin::{AdminError, ClusterInfo, NodeInfo, VdiInfo};
+use collie_placement::Redundancy;
+
+use crate::units::{format_size, parse_size};
+
+pub const DEFAULT_ADDR: &str = "127.0.0.1";
+pub const DEFAULT_PORT: u16 = 7000;
+/// Sheepdog's default `-c` for `cluster format`.
+pub const DEFAULT_REDUNDANCY: Redundancy = Redundancy::Replicated { copies: 3 };
+/// Virtual nodes per node shown by `cluster info` (fixed until weighting exists).
+pub const VNODES: u32 = 128;
+/// Exit code for a bad command line; every other failure exits with [`EXIT_FAILURE`].
+pub const EXIT_USAGE: u8 = 2;
+pub const EXIT_FAILURE: u8 = 1;
+
+/// What the user asked for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    ClusterFormat {
+        redundancy: Redundancy,
+        force: bool,
+    },
+    ClusterInfo {
+        raw: bool,
+    },
+    ClusterShutdown,
+    NodeInfo {
+        raw: bool,
+    },
+    VdiCreate {
+        name: String,
+        size: u64,
+        redundancy: Option<Redundancy>,
+    },
+    VdiList {
+        raw: bool,
+        name: Option<String>,
+    },
+    VdiDelete {
+        name: String,
+    },
+    VdiResize {
+        name: String,
+        size: u64,
+    },
+    /// `len: None` reads to the end of the VDI.
+    VdiRead {
+        name: String,
+        offset: u64,
+        len: Option<u64>,
+    },
+    /// `len: None` writes stdin until EOF.
+    VdiWrite {
+        name: String,
+        offset: u64,
+        len: Option<u64>,
+    },
+}
+
+/// A parsed command line: which sheep to ask and what to ask it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Invocation {
+    pub addr: String,
+    pub port: u16,
+    pub command: Command,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Parsed {
+    Run(Invocation),
+    /// `-h`/`--help`: print [`help_text`] and exit 0.
+    Help,
+}
+
+/// A bad command line: `dog: MESSAGE` then `usage` on stderr, exit [`EXIT_USAGE`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct UsageError {
+    pub message: String,
+    /// One or more `usage:` lines, newline-terminated.
+    pub usage: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Opt {
+    Address,
+    Port,
+    Help,
+    Copies,
+    Force,
+    Raw,
+}
+
+struct OptSpec {
+    opt: Opt,
+    short: char,
+    long: &'static str,
+    /// Placeholder of the value it takes; `None` for a flag.
+    value: Option<&'static str>,
+    about: &'static str,
+}
+
+/// Every option; `-a`, `-p` and `-h` are global, the rest apply to the commands that
+/// list them.
+#[rustfmt::skip]
+const OPTIONS: [OptSpec; 6] = [
+    opt(Opt::Address, 'a', "address", Some("ADDR"), "sheep to talk to (default 127.0.0.1)"),
+    opt(Opt::Port, 'p', "port", Some("PORT"), "its port (default 7000)"),
+    opt(Opt::Copies, 'c', "copies", Some("N|D:P"), "N full copies, or D data + P parity fragments (erasure coding)"),
+    opt(Opt::Force, 'f', "force", None, "format even an already formatted cluster (erases it)"),
+    opt(Opt::Raw, 'r', "raw", None, "raw output for scripts: bytes and unix times"),
+    opt(Opt::Help, 'h', "help", None, "show this help"),
+];
+
+const fn opt(
+    opt: Opt,
+    short: char,
+    long: &'static str,
+    value: Option<&'static str>,
+    about: &'static str,
+) -> OptSpec {
+    OptSpec {
+        opt,
+        short,
+        long,
+        value,
+        about,
+    }
+}
+
+const GLOBAL_OPTS: [Opt; 3] = [Opt::Address, Opt::Port, Opt::Help];
+
+struct CmdSpec {
+    group: &'static str,
+    name: &'static str,
+    opts: &'static [Opt],
+    /// Positional arguments; `[X]` marks optional ones.
+    args: &'static str,
+    min_args: usize,
+    max_args: usize,
+    about: &'static str,
+}
+
+/// Sheepdog's command tree, the part Collie implements.
+#[rustfmt::skip]
+const COMMANDS: [CmdSpec; 10] = [
+    cmd("cluster", "format", &[Opt::Copies, Opt::Force], "", 0, 0, "format the cluster (default redundancy: 3 copies)"),
+    cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, creation time and epoch history"),
+    cmd("cluster", "shutdown", &[], "", 0, 0, "stop every sheep cleanly"),
+    cmd("node", "info", &[Opt::Raw], "", 0, 0, "show each node's disk use"),
+    cmd("vdi", "create", &[Opt::Copies], "NAME SIZE", 2, 2, "create a VDI (SIZE like 20G)"),
+    cmd("vdi", "list", &[Opt::Raw], "[NAME]", 0, 1, "list VDIs"),
+    cmd("vdi", "delete", &[], "NAME", 1, 1, "delete a VDI and its data"),
+    cmd("vdi", "resize", &[], "NAME SIZE", 2, 2, "change a VDI's size"),
+    cmd("vdi", "read", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy LEN bytes (default: to the end) of a VDI to stdout"),
+    cmd("vdi", "write", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy stdin (LEN bytes, default: until EOF) into a VDI"),
+];
+
+const fn cmd(
+    group: &'static str,
+    name: &'static str,
+    opts: &'static [Opt],
+    args: &'static str,
+    min_args: usize,
+    max_args: usize,
+    about: &'static str,
+) -> CmdSpec {
+    CmdSpec {
+        group,
+        name,
+        opts,
+        args,
+        min_args,
+        max_args,
+        about,
+    }
+}
+
+fn opt_spec(opt: Opt) -> &'static OptSpec {
+    // Every `Opt` has a row; the table test checks it.
+    let i = OPTIONS.iter().position(|s| s.opt == opt).unwrap_or(0);
+    &OPTIONS[i]
+}
+
+fn opt_name(opt: Opt) -> String {
+    let s = opt_spec(opt);
+    format!("-{}/--{}", s.short, s.long)
+}
+
+/// `cluster format [-c N|D:P] [-f]`
+fn synopsis(c: &CmdSpec) -> String {
+    let mut s = format!("{} {}", c.group, c.name);
+    for &o in c.opts {
+        let spec = opt_spec(o);
+        match spec.value {
+            Some(v) => write!(s, " [-{} {v}]", spec.short),
+            None => write!(s, " [-{}]", spec.short),
+        }
+        .ok();
+    }
+    if !c.args.is_empty() {
+        s.push(' ');
+        s.push_str(c.args);
+    }
+    s
+}
+
+fn command_lines<'a>(cmds: impl Iterator<Item = &'a CmdSpec>, about: bool) -> String {
+    let cmds: Vec<&CmdSpec> = cmds.collect();
+    let width = cmds.iter().map(|c| synopsis(c).len()).max().unwrap_or(0);
+    let mut out = String::new();
+    for c in cmds {
+        if about {
+            writeln!(out, "  dog {:<width$}  {}", synopsis(c), c.about).ok();
+        } else {
+            writeln!(out, "  dog {}", synopsis(c)).ok();
+        }
+    }
+    out
+}
+
+/// Short usage for error messages: the commands of `group` (all if `None` or unknown).
+pub fn short_usage(group: Option<&str>) -> String {
+    let known = group.filter(|g| COMMANDS.iter().any(|c| c.group == *g));
+    let cmds = COMMANDS
+        .iter()
+        .filter(|c| known.is_none() || known == Some(c.group));
+    format!(
+        "usage:\n{}run 'dog -h' for options\n",
+        command_lines(cmds, false)
+    )
+}
+
+fn command_usage(c: &CmdSpec) -> String {
+    format!("usage: dog {}\n", synopsis(c))
+}
+
+/// The full `dog -h` text.
+pub fn help_text() -> String {
+    let mut out = String::from("usage: dog [-a ADDR] [-p PORT] COMMAND [OPTIONS] [ARGS]\n\n");
+    out.push_str(&command_lines(COMMANDS.iter(), true));
+    out.push_str("\noptions:\n");
+    let flag = |s: &OptSpec| match s.value {
+        Some(v) => format!("-{}, --{} {v}", s.short, s.long),
+        None => format!("-{}, --{}", s.short, s.long),
+    };
+    let width = OPTIONS.iter().map(|s| flag(s).len()).max().unwrap_or(0);
+    for s in &OPTIONS {
+        writeln!(out, "  {:<width$}  {}", flag(s), s.about).ok();
+    }
+    out.push_str(
+        "\nSIZE, OFFSET and LEN are bytes, or take a K, M, G, T or P suffix (1024-based).\n",
+    );
+    out
+}
+
+#[derive(Default)]
+struct Seen {
+    addr: Option<String>,
+    port: Option<String>,
+    copies: Option<String>,
+    force: bool,
+    raw: bool,
+    help: bool,
+    used: Vec<Opt>,
+}
+
+fn usage_err(message: impl Into<String>, usage: String) -> UsageError {
+    UsageError {
+        message: message.into(),
+        usage,
+    }
+}
+
+/// Parses `dog`'s arguments (without the program name). Options may come anywhere;
+/// `--` ends them, so a VDI name may start with `-`.
+pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
+    let mut seen = Seen::default();
+    let mut pos: Vec<&str> = Vec::new();
+    let mut only_positional = false;
+    let mut it = args.iter().map(AsRef::as_ref);
+    while let Some(arg) = it.next() {
+        if only_positional || arg == "-" || !arg.starts_with('-') {
+            pos.push(arg);
+            continue;
+        }
+        if arg == "--" {
+            only_positional = true;
+            continue;
+        }
+        let unknown = || usage_err(format!("unknown option '{arg}'"), short_usage(None));
+        let (spec, inline) = if let Some(long) = arg.strip_prefix("--") {
+            let (name, inline) = match long.split_once('=') {
+                Some((n, v)) => (n, Some(v)),
+                None => (long, None),
+            };
+            let spec = OPTIONS
+                .iter()
+                .find(|s| s.long == name)
+                .ok_or_else(unknown)?;
+            (spec, inline)
+        } else {
+            let mut chars = arg[1..].chars();
+            let short = chars.next();
+            let spec = OPTIONS
+                .iter()
+                .find(|s| Some(s.short) == short)
+                .ok_or_else(unknown)?;
+            let rest = chars.as_str();
+            if spec.value.is_none() && !rest.is_empty() {
+                return Err(unknown());
+            }
+            (spec, (!rest.is_empty()).then_some(rest))
+        };
+        let value = match (spec.value, inline) {
+            (Some(_), Some(v)) => Some(v.to_string()),
+            (Some(placeholder), None) => match it.next() {
+                Some(v) => Some(v.to_string()),
+                None => {
+                    return Err(usage_err(
+                        format!(
+                            "option {} needs a value ({placeholder})",
+                            opt_name(spec.opt)
+                        ),
+                        short_usage(None),
+                    ))
+                }
+            },
+            (None, Some(_)) => {
+                return Err(usage_err(
+                    format!("option {} takes no value", opt_name(spec.opt)),
+                    short_usage(None),
+                ))
+            }
+            (None, None) => None,
+        };
+        match spec.opt {
+            Opt::Address => seen.addr = value,
+            Opt::Port => seen.port = value,
+            Opt::Copies => seen.copies = value,
+            Opt::Force => seen.force = true,
+            Opt::Raw => seen.raw = true,
+            Opt::Help => seen.help = true,
+        }
+        seen.used.push(spec.opt);
+    }
+    if seen.help {
+        return Ok(Parsed::Help);
+    }
+
+    let Some((&group, rest)) = pos.split_first() else {
+        return Err(usage_err("no command given", short_usage(None)));
+    };
+    if !COMMANDS.iter().any(|c| c.group == group) {
+        return Err(usage_err(
+            format!("unknown command '{group}'"),
+            short_usage(None),
+        ));
+    }
+    let Some((&name, args)) = rest.split_first() else {
+        return Err(usage_err(
+            format!("'{group}' needs a subcommand"),
+            short_usage(Some(group)),
+        ));
+    };
+    let Some(spec) = COMMANDS.iter().find(|c| c.group == group && c.name == name) else {
+        return Err(usage_err(
+            format!("unknown command '{group} {name}'"),
+            short_usage(Some(group)),
+        ));
+    };
+    let cmd_err = |message: String| usage_err(message, command_usage(spec));
+    if args.len() < spec.min_args {
+        return Err(cmd_err(format!("'{group} {name}' needs more arguments")));
+    }
+    if args.len() > spec.max_args {
+        return Err(cmd_err(format!(
+            "too many arguments for '{group} {name}': '{}'",
+            args[spec.max_args]
+        )));
+    }
+    if let Some(&bad) = seen
+        .used
+        .iter()
+        .find(|o| !GLOBAL_OPTS.contains(o) && !spec.opts.contains(o))
+    {
+        return Err(cmd_err(format!(
+            "option {} does not apply to '{group} {name}'",
+            opt_name(bad)
+        )));
+    }
+
+    let addr = seen.addr.unwrap_or_else(|| DEFAULT_ADDR.to_string());
+    if addr.is_empty() {
+        return Err(usage_err("empty address (-a)", short_usage(None)));
+    }
+    let port = match &seen.port {
+        None => DEFAULT_PORT,
+        Some(p) => match p.parse::<u16>() {
+            Ok(n) if n != 0 => n,
+            _ => {
+                return Err(usage_err(
+                    format!("invalid port '{p}': expected 1 to 65535"),
+                    short_usage(None),
+                ))
+            }
+        },
+    };
+    let redundancy = match &seen.copies {
+        None => None,
+        Some(c) => Some(
+            c.parse::<Redundancy>()
+                .map_err(|e| cmd_err(format!("invalid -c '{c}': {e}")))?,
+        ),
+    };
+    let vdi_name = |i: usize| -> Result<String, UsageError> {
+        let n = args[i];
+        if n.is_empty() {
+            return Err(cmd_err("empty VDI name".into()));
+        }
+        if n.len() > MAX_NAME {
+            return Err(cmd_err(format!(
+                "VDI name of {} bytes is longer than {MAX_NAME}",
+                n.len()
+            )));
+        }
+        Ok(n.to_string())
+    };
+    let size = |i: usize| parse_size(args[i]).map_err(cmd_err);
+    let opt_size = |i: usize| {
+        args.get(i)
+            .map(|s| parse_size(s).map_err(cmd_err))
+            .transpose()
+    };
+
+    let command = match (group, name) {
+        ("cluster", "format") => Command::ClusterFormat {
+            redundancy: redundancy.unwrap_or(DEFAULT_REDUNDANCY),
+            force: seen.force,
+        },
+        ("cluster", "info") => Command::ClusterInfo { raw: seen.raw },
+        ("cluster", "shutdown") => Command::ClusterShutdown,
+        ("node", "info") => Command::NodeInfo { raw: seen.raw },
+        ("vdi", "create") => Command::VdiCreate {
+            name: vdi_name(0)?,
+            size: size(1)?,
+            redundancy,
+        },
+        ("vdi", "list") => Command::VdiList {
+            raw: seen.raw,
+            name: if args.is_empty() {
+                None
+            } else {
+                Some(vdi_name(0)?)
+            },
+        },
+        ("vdi", "delete") => Command::VdiDelete { name: vdi_name(0)? },
+        ("vdi", "resize") => Command::VdiResize {
+            name: vdi_name(0)?,
+            size: size(1)?,
+        },
+        ("vdi", "read") => Command::VdiRead {
+            name: vdi_name(0)?,
+            offset: opt_size(1)?.unwrap_or(0),
+            len: opt_size(2)?,
+        },
+        ("vdi", "write") => Command::VdiWrite {
+            name: vdi_name(0)?,
+            offset: opt_size(1)?.unwrap_or(0),
+            len: opt_size(2)?,
+        },
+        _ => {
+            return Err(usage_err(
+                format!("'{group} {name}' is not implemented"),
+                short_usage(Some(group)),
+            ))
+        }
+    };
+    Ok(Parsed::Run(Invocation {
+        addr,
+        port,
+        command,
+    }))
+}
+
+/// Which clock dates are printed in: local time for users (as Sheepdog), UTC for tests.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TimeZone {
+    Local,
+    Utc,
+}
+
+/// `strftime` of unix seconds; falls back to the number if the C library cannot.
+pub fn format_time(secs: u64, fmt: &CStr, tz: TimeZone) -> String {
+    let Ok(t) = libc::time_t::try_from(secs) else {
+        return secs.to_string();
+    };
+    // SAFETY: `tm` is plain data (integers and a pointer) for which all zeroes is valid.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    // SAFETY: both pointers are valid for the call; the `_r` variants write only `tm`.
+    let filled = unsafe {
+        match tz {
+            TimeZone::Local => !libc::localtime_r(&t, &mut tm).is_null(),
+            TimeZone::Utc => !libc::gmtime_r(&t, &mut tm).is_null(),
+        }
+    };
+    if !filled {
+        return secs.to_string();
+    }
+    let mut buf = [0u8; 128];
+    // SAFETY: `buf` is writable for its length, `fmt` is NUL-terminated and `tm` was
+    // filled above; strftime writes at most `buf.len()` bytes and returns how many.
+    let n = unsafe { libc::strftime(buf.as_mut_ptr().cast(), buf.len(), fmt.as_ptr(), &tm) };
+    String::from_utf8_lossy(&buf[..n.min(buf.len())]).into_owned()
+}
+
+/// `dog cluster info`: status, then (once formatted) the creation time and the epoch
+/// history, newest first, as Sheepdog prints them. Raw output drops the labels and
+/// prints unix seconds.
+pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String {
+    let mut out = String::new();
+    let label = if raw { "" } else { "Cluster status: " };
+    let Some(f) = &ci.formatted else {
+        writeln!(out, "{label}Waiting for cluster to be formatted").ok();
+        return out;
+    };
+    writeln!(out, "{label}running, auto-recovery enabled").ok();
+    if !raw {
+        writeln!(out, "Cluster default redundancy: {}", f.default_redundancy).ok();
+        writeln!(
+            out,
+            "\nCluster created at {}\n",
+            format_time(f.ctime, c"%a %b %e %H:%M:%S %Y", tz)
+        )
+        .ok();
+        out.push_str("Epoch Time           Version [Host:Port:V-Nodes,,,]\n");
+    }
+    let mut epochs: Vec<_> = ci.epochs.iter().collect();
+    epochs.sort_by_key(|e| std::cmp::Reverse(e.epoch));
+    for e in epochs {
+        let nodes: Vec<String> = e.nodes.iter().map(|n| format!("{n}:{VNODES}")).collect();
+        if raw {
+            write!(out, "{} {}", e.time, e.epoch).ok();
+        } else {
+            let time = format_time(e.time, c"%Y-%m-%d %H:%M:%S", tz);
+            write!(out, "{time} {:6}", e.epoch).ok();
+        }
+        writeln!(out, " [{}]", nodes.join(", ")).ok();
+    }
+    out
+}
+
+fn percent(used: u64, size: u64) -> u64 {
+    if size == 0 {
+        0
+    } else {
+        (u128::from(used) * 100 / u128::from(size)) as u64
+    }
+}
+
+/// One warning line per node started with `-n`.
+pub fn nosync_notes(ni: &NodeInfo) -> Vec<String> {
+    ni.nodes
+        .iter()
+        .filter(|n| n.nosync)
+        .map(|n| {
+            format!(
+                "Note: node {} runs with -n (nosync): writes are not durable",
+                n.id
+            )
+        })
+        .collect()
+}
+
+/// `dog node info`: per node and total Size (used + avail), Used, Avail and Use%, then
+/// the total virtual size of all VDIs, in Sheepdog's tab-separated layout. Raw output
+/// prints bytes separated by spaces and leaves the nosync notes to the caller (stderr).
+pub fn format_node_info(ni: &NodeInfo, raw: bool) -> String {
+    let size_str = |n: u64| if raw { n.to_string() } else { format_size(n) };
+    let mut out = String::new();
+    if !raw {
+        out.push_str("Id\tSize\tUsed\tAvail\tUse%\n");
+    }
+    let (mut total_used, mut total_avail) = (0u64, 0u64);
+    for n in &ni.nodes {
+        let size = n.used.saturating_add(n.avail);
+        let pct = percent(n.used, size);
+        let (s, u, a) = (size_str(size), size_str(n.used), size_str(n.avail));
+        if raw {
+            writeln!(out, "{} {s} {u} {a} {pct}%", n.id).ok();
+        } else {
+            writeln!(out, "{:2}\t{s}\t{u}\t{a}\t{pct:3}%", n.id).ok();
+        }
+        total_used = total_used.saturating_add(n.used);
+        total_avail = total_avail.saturating_add(n.avail);
+    }
+    let total = total_used.saturating_add(total_avail);
+    let pct = percent(total_used, total);
+    let (s, u, a, v) = (
+        size_str(total),
+        size_str(total_used),
+        size_str(total_avail),
+        size_str(ni.vdi_total),
+    );
+    if raw {
+        writeln!(out, "Total {s} {u} {a} {pct}% {v}").ok();
+    } else {
+        writeln!(out, "Total\t{s}\t{u}\t{a}\t{pct:3}%").ok();
+        writeln!(out, "\nTotal virtual image size\t{v}").ok();
+        let notes = nosync_notes(ni);
+        if !notes.is_empty() {
+            out.push('\n');
+            for n in notes {
+                out.push_str(&n);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// Sheepdog's raw-mode escaping: a backslash before whitespace and backslashes, so a
+/// line splits on spaces.
+fn escape(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c.is_whitespace() || c == '\\' {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// The header `dog vdi list` prints above its rows (not in raw mode).
+pub const VDI_LIST_HEADER: &str =
+    "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag\n";
+
+/// `dog vdi list [NAME]`: Sheepdog's columns, ordered by VDI id as Sheepdog walks them.
+/// The first column is ' ' for a working VDI and 's' for a snapshot; raw lines start
+/// with '=' or 's' and carry bytes, unix seconds and the VDI id in hex.
+pub fn format_vdi_list(vdis: &[VdiInfo], filter: Option<&str>, raw: bool, tz: TimeZone) -> String {
+    let mut rows: Vec<&VdiInfo> = vdis
+        .iter()
+        .filter(|v| filter.is_none() || filter == Some(v.name.as_str()))
+        .collect();
+    rows.sort_by_key(|v| (v.vid, v.snap_id));
+    let mut out = String::new();
+    if !raw {
+        out.push_str(VDI_LIST_HEADER);
+    }
+    for v in rows {
+        let copies = v.redundancy.to_string();
+        let line = if raw {
+            format!(
+                "{} {} {} {} {} {} {} {:06x} {} {}",
+                if v.snap_id != 0 { 's' } else { '=' },
+                escape(&v.name),
+                v.snap_id,
+                v.size,
+                v.used,
+                v.shared,
+                v.ctime,
+                v.vid,
+                copies,
+                escape(&v.tag),
+            )
+        } else {
+            format!(
+                "{} {:<8} {:5} {:>7} {:>7} {:>7} {}  {:7x} {:>6} {:>13}",
+                if v.snap_id != 0 { 's' } else { ' ' },
+                v.name,
+                v.snap_id,
+                format_size(v.size),
+                format_size(v.used),
+                format_size(v.shared),
+                format_time(v.ctime, c"%Y-%m-%d %H:%M", tz),
+                v.vid,
+                copies,
+                v.tag,
+            )
+        };
+        out.push_str(line.trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+/// Checks `[offset, offset + len)` against a VDI of `size` bytes and returns the length
+/// to transfer: `len`, or everything from `offset` to the end when `len` is `None`.
+pub fn span(name: &str, size: u64, offset: u64, len: Option<u64>) -> Result<u64, String> {
+    if offset > size {
+        return Err(format!(
+            "offset {offset} is past the end of vdi '{name}' ({size} bytes)"
+        ));
+    }
+    match len {
+        None => Ok(size - offset),
+        Some(len) if len <= size - offset => Ok(len),
+        Some(len) => Err(format!(
+            "{len} bytes at offset {offset} run past the end of vdi '{name}' ({size} bytes)"
+        )),
+    }
+}
+
+/// Splits `[offset, offset + len)` into pieces of at most `max` bytes that do not cross
+/// a multiple of `max`, so each `VdiRead`/`VdiWrite` stays within one 4 MiB object.
+pub fn chunks(offset: u64, len: u64, max: u32) -> impl Iterator<Item = (u64, u32)> {
+    debug_assert!(max > 0);
+    let max = u64::from(max.max(1));
+    let end = offset.saturating_add(len);
+    let mut at = offset;
+    std::iter::from_fn(move || {
+        if at >= end {
+            return None;
+        }
+        let boundary = (at / max).saturating_add(1).saturating_mul(max);
+        let next = boundary.min(end);
+        let piece = (at, (next - at) as u32);
+        at = next;
+        Some(piece)
+    })
+}
+
+/// An I/O error as one phrase, without Rust's "(os error N)" suffix.
+pub fn io_message(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.find(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Why `dog` could not connect, e.g. "cannot connect to 127.0.0.1:7000: Connection
+/// refused (is sheep running?)".
+pub fn connect_error(addr: &str, port: u16, e: &std::io::Error) -> String {
+    let hint = if e.kind() == std::io::ErrorKind::ConnectionRefused {
+        " (is sheep running?)"
+    } else {
+        ""
+    };
+    format!("cannot connect to {addr}:{port}: {}{hint}", io_message(e))
+}
+
+/// A failed exchange with a connected sheep, as one line.
+pub fn exchange_error(addr: &str, port: u16, timeout_secs: u64, e: &AdminError) -> String {
+    use std::io::ErrorKind;
+    match e {
+        AdminError::Io(io) if matches!(io.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            format!("no answer from {addr}:{port} within {timeout_secs} s")
+        }
+        AdminError::Io(io) => format!("{addr}:{port}: {}", io_message(io)),
+        other => format!("{addr}:{port}: {other}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+
+    use super::*;
+    use collie_net::admin::{ClusterFormatInfo, EpochEntry, NodeStat};
+
+    const G: u64 = 1 << 30;
+    const M: u64 = 1 << 20;
+
+    fn run(args: &[&str]) -> Invocation {
+        match parse_args(args) {
+            Ok(Parsed::Run(inv)) => inv,
+            other => panic!("{args:?}: {other:?}"),
+        }
+    }
+
+    fn cmd(args: &[&str]) -> Command {
+        run(args).command
+    }
+
+    fn usage_error(args: &[&str]) -> UsageError {
+        match parse_args(args) {
+            Err(e) => e,
+            Ok(p) => panic!("{args:?} parsed as {p:?}"),
+        }
+    }
+
+    #[test]
+    fn every_option_and_command_is_in_the_tables() {
+        for opt in [
+            Opt::Address,
+            Opt::Port,
+            Opt::Help,
+            Opt::Copies,
+            Opt::Force,
+            Opt::Raw,
+        ] {
+            assert_eq!(opt_spec(opt).opt, opt);
+        }
+        for c in &COMMANDS {
+            assert!(c.min_args <= c.max_args);
+            let mut line = vec![c.group, c.name];
+            let filler = ["n", "1G", "0"];
+            line.extend(&filler[..c.min_args]);
+            assert!(matches!(parse_args(&line), Ok(Parsed::Run(_))), "{line:?}");
+        }
+    }
+
+    #[test]
+    fn parses_commands_with_defaults() {
+        let inv = run(&["cluster", "format"]);
+        assert_eq!(inv.addr, "127.0.0.1");
+        assert_eq!(inv.port, 7000);
+        assert_eq!(
+            inv.command,
+            Command::ClusterFormat {
+                redundancy: Redundancy::Replicated { copies: 3 },
+                force: false
+            }
+        );
+        assert_eq!(
+            cmd(&["cluster", "info"]),
+            Command::ClusterInfo { raw: false }
+        );
+        assert_eq!(cmd(&["cluster", "shutdown"]), Command::ClusterShutdown);
+        assert_eq!(
+            cmd(&["node", "info", "-r"]),
+            Command::NodeInfo { raw: true }
+        );
+        assert_eq!(
+            cmd(&["vdi", "create", "replica", "20G"]),
+            Command::VdiCreate {
+                name: "replica".into(),
+                size: 20 * G,
+                redundancy: None
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "list"]),
+            Command::VdiList {
+                raw: false,
+                name: None
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "list", "--raw", "x"]),
+            Command::VdiList {
+                raw: true,
+                name: Some("x".into())
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "delete", "x"]),
+            Command::VdiDelete { name: "x".into() }
+        );
+        assert_eq!(
+            cmd(&["vdi", "resize", "x", "1T"]),
+            Command::VdiResize {
+                name: "x".into(),
+                size: 1 << 40
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "read", "x"]),
+            Command::VdiRead {
+                name: "x".into(),
+                offset: 0,
+                len: None
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "read", "x", "4M", "1K"]),
+            Command::VdiRead {
+                name: "x".into(),
+                offset: 4 * M,
+                len: Some(1024)
+            }
+        );
+        assert_eq!(
+            cmd(&["vdi", "write", "x", "512"]),
+            Command::VdiWrite {
+                name: "x".into(),
+                offset: 512,
+                len: None
+            }
+        );
+    }
+
+    #[test]
+    fn options_go_anywhere_in_any_spelling() {
+        let inv = run(&[
+            "-a", "10.0.0.2", "vdi", "create", "-c", "4:2", "erasure", "--port", "7001", "1G",
+        ]);
+        assert_eq!(inv.addr, "10.0.0.2");
+        assert_eq!(inv.port, 7001);
+        assert_eq!(
+            inv.command,
+            Command::VdiCreate {
+                name: "erasure".into(),
+                size: G,
+                redundancy: Some(Redundancy::Erasure { data: 4, parity: 2 })
+            }
+        );
+        let inv = run(&[
+            "--address=host",
+            "cluster",
+            "format",
+            "--copies=2",
+            "-f",
+            "-p7002",
+        ]);
+        assert_eq!(inv.addr, "host");
+        assert_eq!(inv.port, 7002);
+        assert_eq!(
+            inv.command,
+            Command::ClusterFormat {
+                redundancy: Redundancy::Replicated { copies: 2 },
+                force: true
+            }
+        );
+        assert_eq!(
+            cmd(&["cluster", "format", "-c1", "--force"]),
+            Command::ClusterFormat {
+                redundancy: Redundancy::Replicated { copies: 1 },
+                force: true
+            }
+        );
+        // `--` lets a name start with '-'.
+        assert_eq!(
+            cmd(&["vdi", "delete", "--", "-odd"]),
+            Command::VdiDelete {
+                name: "-odd".into()
+            }
+        );
+    }
+
+    #[test]
+    fn help_wins_over_everything_else() {
+        for line in [
+            &["-h"][..],
+            &["--help"],
+            &["vdi", "list", "-h"],
+            &["bogus", "-h"],
+        ] {
+            assert_eq!(parse_args(line), Ok(Parsed::Help), "{line:?}");
+        }
+        let help = help_text();
+        assert!(
+            help.contains("dog vdi create [-c N|D:P] NAME SIZE"),
+            "{help}"
+        );
+        assert!(help.contains("-p, --port PORT"), "{help}");
+    }
+
+    #[test]
+    fn rejects_bad_command_lines() {
+        let cases: &[(&[&str], &str)] = &[
+            (&[], "no command given"),
+            (&["bogus"], "unknown command 'bogus'"),
+            (&["vdi"], "'vdi' needs a subcommand"),
+            (&["vdi", "frob"], "unknown command 'vdi frob'"),
+            (&["vdi", "create", "x"], "'vdi create' needs more arguments"),
+            (&["vdi", "create", "x", "1G", "y"], "too many arguments"),
+            (&["cluster", "info", "extra"], "too many arguments"),
+            (&["vdi", "create", "x", "1.5G"], "invalid size '1.5G'"),
+            (&["vdi", "create", "x", "99999P"], "too large"),
+            (&["vdi", "read", "x", "0", "1Q"], "invalid size '1Q'"),
+            (&["vdi", "read", "x", "-1"], "unknown option '-1'"),
+            (
+                &["vdi", "list", "-c", "3"],
+                "option -c/--copies does not apply",
+            ),
+            (
+                &["vdi", "create", "-f", "x", "1G"],
+                "-f/--force does not apply",
+            ),
+            (&["cluster", "format", "-c", "0"], "invalid -c '0'"),
+            (&["cluster", "format", "-c", "3:1"], "invalid -c '3:1'"),
+            (&["cluster", "format", "-c"], "needs a value"),
+            (&["-p", "70000", "node", "info"], "invalid port '70000'"),
+            (&["-p", "0", "node", "info"], "invalid port '0'"),
+            (&["-p", "x", "node", "info"], "invalid port 'x'"),
+            (&["-a", "", "node", "info"], "empty address"),
+            (&["--raw=1", "node", "info"], "--raw takes no value"),
+            (&["-rf", "node", "info"], "unknown option '-rf'"),
+            (&["-x", "node", "info"], "unknown option '-x'"),
+            (&["--bogus", "node", "info"], "unknown option '--bogus'"),
+            (&["vdi", "delete", ""], "empty VDI name"),
+        ];
+        for (line, want) in cases {
+            let e = usage_error(line);
+            assert!(e.message.contains(want), "{line:?}: {e:?}");
+            assert!(e.usage.starts_with("usage:"), "{line:?}: {e:?}");
+        }
+        let long = "n".repeat(MAX_NAME + 1);
+        let e = usage_error(&["vdi", "create", &long, "1G"]);
+        assert!(e.message.contains("longer than"), "{e:?}");
+        assert!(run(&["vdi", "create", &long[1..], "1G"]).addr == DEFAULT_ADDR);
+    }
+
+    #[test]
+    fn usage_names_the_failing_command_or_group() {
+        let e = usage_error(&["vdi", "create", "x"]);
+        assert_eq!(e.usage, "usage: dog vdi create [-c N|D:P] NAME SIZE\n");
+        let e = usage_error(&["cluster", "frob"]);
+        assert_eq!(
+            e.usage,
+            "usage:\n  dog cluster format [-c N|D:P] [-f]\n  dog cluster info [-r]\n  \
+             dog cluster shutdown\nrun 'dog -h' for options\n"
+        );
+        assert!(usage_error(&[])
+            .usage
+            .contains("dog vdi write NAME [OFFSET [LEN]]"));
+    }
+
+    fn vdi(name: &str, vid: u32, size: u64, used: u64, snap_id: u32, r: &str) -> VdiInfo {
+        VdiInfo {
+            name: name.into(),
+            vid,
+            size,
+            used,
+            shared: 0,
+            ctime: 1_369_651_831, // 2013-05-27 10:50:31 UTC
+            redundancy: r.parse().unwrap(),
+            snap_id,
+            tag: String::new(),
+        }
+    }
+
+    #[test]
+    fn vdi_list_matches_sheepdog_columns() {
+        let mut tagged = vdi("erasure", 0x0f_d2c3, 5 * G, 864 * M, 1, "4:2");
+        tagged.tag = "before-upgrade".into();
+        let list = [
+            vdi("replica", 0x72_a1e2, 20 * G, 0, 0, "3"),
+            tagged,
+            vdi("erasure", 0x0f_d2c4, 5 * G, 4 * M, 0, "4:2"),
+        ];
+        // A leading `\` would eat the header's indent, so the header is spelled apart.
+        let header =
+            "  Name        Id    Size    Used  Shared    Creation time   VDI id  Copies  Tag\n";
+        assert_eq!(VDI_LIST_HEADER, header);
+        let rows = "\
+s erasure      1  5.0 GB  864 MB  0.0 MB 2013-05-27 10:50    fd2c3    4:2 before-upgrade
+  erasure      0  5.0 GB  4.0 MB  0.0 MB 2013-05-27 10:50    fd2c4    4:2
+  replica      0   20 GB  0.0 MB  0.0 MB 2013-05-27 10:50   72a1e2      3
+";
+        assert_eq!(
+            format_vdi_list(&list, None, false, TimeZone::Utc),
+            format!("{header}{rows}")
+        );
+
+        let want_raw = "\
+s erasure 1 5368709120 905969664 0 1369651831 0fd2c3 4:2 before-upgrade
+= erasure 0 5368709120 4194304 0 1369651831 0fd2c4 4:2
+";
+        assert_eq!(
+            format_vdi_list(&list, Some("erasure"), true, TimeZone::Utc),
+            want_raw
+        );
+        assert_eq!(
+            format_vdi_list(&list, Some("nope"), false, TimeZone::Utc),
+            VDI_LIST_HEADER
+        );
+        let odd = [vdi("a b\\c", 1, 0, 0, 0, "1")];
+        assert_eq!(
+            format_vdi_list(&odd, None, true, TimeZone::Utc),
+            "= a\\ b\\\\c 0 0 0 0 1369651831 000001 1\n"
+        );
+    }
+
+    fn node(id: u32, used: u64, avail: u64, nosync: bool) -> NodeStat {
+        NodeStat {
+            id,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            zone: id,
+            used,
+            avail,
+            nosync,
+        }
+    }
+
+    #[test]
+    fn node_info_matches_sheepdog_layout() {
+        let ni = NodeInfo {
+            nodes: vec![node(0, 13 * G, 51 * G, false)],
+            vdi_total: 20 * G,
+        };
+        let want = "\
+Id\tSize\tUsed\tAvail\tUse%
+ 0\t64 GB\t13 GB\t51 GB\t 20%
+Total\t64 GB\t13 GB\t51 GB\t 20%
+
+Total virtual image size\t20 GB
+";
+        assert_eq!(format_node_info(&ni, false), want);
+        assert_eq!(
+            format_node_info(&ni, true),
+            "0 68719476736 13958643712 54760833024 20%\n\
+             Total 68719476736 13958643712 54760833024 20% 21474836480\n"
+        );
+        assert!(nosync_notes(&ni).is_empty());
+    }
+
+    #[test]
+    fn node_info_totals_and_nosync_notes() {
+        let ni = NodeInfo {
+            nodes: vec![node(0, 0, 10 * G, true), node(1, 10 * G, 0, false)],
+            vdi_total: 0,
+        };
+        let want = "\
+Id\tSize\tUsed\tAvail\tUse%
+ 0\t10 GB\t0.0 MB\t10 GB\t  0%
+ 1\t10 GB\t10 GB\t0.0 MB\t100%
+Total\t20 GB\t10 GB\t10 GB\t 50%
+
+Total virtual image size\t0.0 MB
+
+Note: node 0 runs with -n (nosync): writes are not durable
+";
+        assert_eq!(format_node_info(&ni, false), want);
+        // Raw output stays parseable; the caller prints the notes on stderr.
+        assert!(!format_node_info(&ni, true).contains("Note"));
+        assert_eq!(nosync_notes(&ni).len(), 1);
+        let empty = NodeInfo {
+            nodes: vec![],
+            vdi_total: 0,
+        };
+        assert!(format_node_info(&empty, false).contains("Total\t0.0 MB\t0.0 MB\t0.0 MB\t  0%"));
+    }
+
+    #[test]
+    fn cluster_info_matches_sheepdog_layout() {
+        let ci = ClusterInfo {
+            formatted: Some(ClusterFormatInfo {
+                ctime: 1_369_651_831,
+                default_redundancy: Redundancy::Replicated { copies: 3 },
+            }),
+            epochs: vec![
+                EpochEntry {
+                    epoch: 1,
+                    time: 1_369_651_831,
+                    nodes: vec!["127.0.0.1:7000".into()],
+                },
+                EpochEntry {
+                    epoch: 2,
+                    time: 1_369_651_900,
+                    nodes: vec!["127.0.0.1:7000".into(), "127.0.0.1:7001".into()],
+                },
+            ],
+        };
+        let want = "\
+Cluster status: running, auto-recovery enabled
+Cluster default redundancy: 3
+
+Cluster created at Mon May 27 10:50:31 2013
+
+Epoch Time           Version [Host:Port:V-Nodes,,,]
+2013-05-27 10:51:40      2 [127.0.0.1:7000:128, 127.0.0.1:7001:128]
+2013-05-27 10:50:31      1 [127.0.0.1:7000:128]
+";
+        assert_eq!(format_cluster_info(&ci, false, TimeZone::Utc), want);
+        let want_raw = "\
+running, auto-recovery enabled
+1369651900 2 [127.0.0.1:7000:128, 127.0.0.1:7001:128]
+1369651831 1 [127.0.0.1:7000:128]
+";
+        assert_eq!(format_cluster_info(&ci, true, TimeZone::Utc), want_raw);
+
+        let unformatted = ClusterInfo {
+            formatted: None,
+            epochs: vec![],
+        };
+        assert_eq!(
+            format_cluster_info(&unformatted, false, TimeZone::Utc),
+            "Cluster status: Waiting for cluster to be formatted\n"
+        );
+        assert_eq!(
+            format_cluster_info(&unformatted, true, TimeZone::Utc),
+            "Waiting for cluster to be formatted\n"
+        );
+    }
+
+    #[test]
+    fn times_format_in_the_asked_zone() {
+        assert_eq!(
+            format_time(0, c"%Y-%m-%d %H:%M:%S", TimeZone::Utc),
+            "1970-01-01 00:00:00"
+        );
+        // Day of month is space-padded, as ctime(3) prints it.
+        assert_eq!(
+            format_time(86_400 * 4, c"%a %b %e %H:%M:%S %Y", TimeZone::Utc),
+            "Mon Jan  5 00:00:00 1970"
+        );
+        assert_eq!(
+            format_time(u64::MAX, c"%Y", TimeZone::Utc),
+            u64::MAX.to_string()
+        );
+        assert!(!format_time(0, c"%Y", TimeZone::Local).is_empty());
+    }
+
+    #[test]
+    fn spans_are_checked_against_the_vdi_size() {
+        assert_eq!(span("x", 100, 0, None), Ok(100));
+        assert_eq!(span("x", 100, 40, None), Ok(60));
+        assert_eq!(span("x", 100, 100, None), Ok(0));
+        assert_eq!(span("x", 100, 40, Some(60)), Ok(60));
+        assert_eq!(span("x", 100, 0, Some(0)), Ok(0));
+        assert!(span("x", 100, 101, None)
+            .unwrap_err()
+            .contains("past the end"));
+        assert!(span("x", 100, 41, Some(60))
+            .unwrap_err()
+            .contains("run past the end"));
+        assert!(span("x", 100, 1, Some(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn chunks_stay_within_one_object() {
+        let max = 4 << 20;
+        let c: Vec<_> = chunks(0, 10 << 20, max).collect();
+        assert_eq!(c, vec![(0, max), (4 << 20, max), (8 << 20, 2 << 20)]);
+        let c: Vec<_> = chunks((4 << 20) - 10, 30, max).collect();
+        assert_eq!(c, vec![((4 << 20) - 10, 10), (4 << 20, 20)]);
+        assert_eq!(chunks(7, 0, max).count(), 0);
+        let c: Vec<_> = chunks(u64::MAX - 5, 100, max).collect();
+        assert_eq!(c, vec![(u64::MAX - 5, 5)]);
+        // Every byte exactly once, in order.
+        let (mut at, total) = (12_345u64, 13u64 << 20);
+        for (off, n) in chunks(at, total, max) {
+            assert_eq!(off, at);
+            assert!(n > 0 && n <= max);
+            assert_eq!(
+                off / u64::from(max),
+                (off + u64::from(n) - 1) / u64::from(max)
+            );
+            at += u64::from(n);
+        }
+        assert_eq!(at, 12_345 + total);
+    }
+
+    #[test]
+    fn error_lines_are_short_and_helpful() {
+        use std::io::{Error, ErrorKind};
+        let refused = Error::from_raw_os_error(libc::ECONNREFUSED);
+        assert_eq!(
+            connect_error("127.0.0.1", 7000, &refused),
+            "cannot connect to 127.0.0.1:7000: Connection refused (is sheep running?)"
+        );
+        let timeout = AdminError::Io(Error::from(ErrorKind::WouldBlock));
+        assert_eq!(
+            exchange_error("h", 7000, 30, &timeout),
+            "no answer from h:7000 within 30 s"
+        );
+        let reset = AdminError::Io(Error::from_raw_os_error(libc::ECONNRESET));
+        assert_eq!(
+            exchange_error("h", 7000, 30, &reset),
+            "h:7000: Connection reset by peer"
+        );
+        let magic = AdminError::BadMagic(0x1234);
+        assert!(exchange_error("h", 7000, 30, &magic).starts_with("h:7000: not a collie"));
+    }
+}
