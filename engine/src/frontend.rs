@@ -114,6 +114,11 @@ async fn connection(
     let Some(session) = session else {
         return Ok(());
     };
-    tracing::debug!(export = %session.export_name, "nbd client attached");
+    tracing::debug!(
+        export = %session.export_name,
+        style = ?session.style(),
+        structured = session.structured(),
+        "nbd client attached"
+    );
     serve_transmission(stream, &session, &cfg.server).await
 }
