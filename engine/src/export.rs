@@ -190,8 +190,10 @@ impl BlockExport for VdiExport {
     }
 
     async fn trim(&self, offset: u64, len: u64) -> Result<(), ExportError> {
-        let pieces: Vec<vdi::Piece> = vdi::pieces(offset, len, self.object_size()).collect();
-        for chunk in pieces.chunks(FAN_OUT) {
+        // Lazily, FAN_OUT objects at a time: a trim may cover a whole 16 TiB disk.
+        let mut it = vdi::pieces(offset, len, self.object_size()).peekable();
+        while it.peek().is_some() {
+            let chunk: Vec<vdi::Piece> = it.by_ref().take(FAN_OUT).collect();
             for r in join_all(chunk.iter().map(|&p| self.punch_piece(p))).await {
                 r.map_err(store_error)?;
             }
@@ -212,6 +214,7 @@ impl BlockExport for VdiExport {
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, ExportError> {
+        // The server bounds `len` (1 GiB per reply), so collecting the pieces is cheap.
         let pieces: Vec<vdi::Piece> = vdi::pieces(offset, len, self.object_size()).collect();
         let mut out: Vec<(u64, bool)> = Vec::new();
         for chunk in pieces.chunks(FAN_OUT) {

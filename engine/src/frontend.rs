@@ -10,6 +10,8 @@ use crate::export::VdiProvider;
 use crate::store::Store;
 use collie_net::nbd::{serve_handshake, serve_transmission, ServeError, ServerConfig};
 use futures::future::{select, Either};
+use futures::FutureExt;
+use std::panic::AssertUnwindSafe;
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
 use std::rc::Rc;
@@ -85,8 +87,12 @@ async fn accept_loop(l: glommio::net::TcpListener, sh: Rc<crate::Shard>, cfg: Fr
             let peer = stream
                 .peer_addr()
                 .map_or_else(|_| "?".to_owned(), |a| a.to_string());
-            if let Err(e) = connection(stream, sh, &cfg).await {
-                tracing::info!(%peer, "nbd connection ended: {e}");
+            // A bug must cost one connection, not the shard: contain a panic here.
+            let served = AssertUnwindSafe(connection(stream, sh, &cfg)).catch_unwind();
+            match served.await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => tracing::info!(%peer, "nbd connection ended: {e}"),
+                Err(_) => tracing::error!(%peer, "nbd connection panicked; dropped it"),
             }
             open.set(open.get() - 1);
         })
