@@ -44,7 +44,10 @@ pub fn require(tool: &str) {
         .status()
         .map(|s| s.success())
         .unwrap_or(false);
-    assert!(found, "{tool} is not installed: run tools/test.sh, which installs it");
+    assert!(
+        found,
+        "{tool} is not installed: run tools/test.sh, which installs it"
+    );
 }
 
 /// Runs a command, failing the test with its output if it fails.
@@ -149,7 +152,10 @@ impl Sheep {
             .trim()
             .parse()
             .unwrap();
-        assert!(pid_alive(pid), "sheep returned but pid {pid} is not running");
+        assert!(
+            pid_alive(pid),
+            "sheep returned but pid {pid} is not running"
+        );
         self.pid = Some(pid);
     }
 
@@ -161,7 +167,10 @@ impl Sheep {
     pub fn stop(&mut self) {
         let pid = self.pid.take().expect("sheep is not running");
         signal(pid, libc::SIGTERM);
-        assert!(wait_exit(pid, Duration::from_secs(30)), "sheep {pid} ignored SIGTERM");
+        assert!(
+            wait_exit(pid, Duration::from_secs(30)),
+            "sheep {pid} ignored SIGTERM"
+        );
     }
 
     /// SIGKILL: the crash case.

@@ -157,3 +157,16 @@ impl NbdClient {
         let _ = self.send(Cmd::Disc, 0, 0, &[]);
     }
 }
+
+impl NbdClient {
+    /// Wraps a stream whose handshake the test drove itself (e.g. with [`send_option`]
+    /// and [`read_option_reply`]) and that is now in the transmission phase, with
+    /// simple replies, for an export of `size` bytes.
+    pub fn from_negotiated(stream: TcpStream, size: u64) -> NbdClient {
+        NbdClient {
+            stream,
+            size,
+            next_cookie: 1,
+        }
+    }
+}
