@@ -13,6 +13,7 @@
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
 mod checkpoint;
+pub mod cluster;
 pub mod error;
 pub mod export;
 pub mod format;
