@@ -11,9 +11,9 @@ use crate::store::Store;
 use collie_net::nbd::{serve_handshake, serve_transmission, ServeError, ServerConfig};
 use futures::future::{select, Either};
 use futures::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::cell::Cell;
 use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
+use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Duration;
 

@@ -251,6 +251,16 @@ fn nix_statfs_is_tmpfs(dir: &Path) -> bool {
     }
 }
 
+/// Whether another process holds `dir`'s store lock right now (a running sheep). A probe
+/// for messages before start-up; `Store::open` takes the lock for real.
+pub fn in_use(dir: &Path) -> bool {
+    let Ok(f) = std::fs::File::open(dir.join(SUPERBLOCK)) else {
+        return false;
+    };
+    // SAFETY: flock on a valid, owned descriptor; released (with the file) right away.
+    unsafe { libc::flock(f.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) != 0 }
+}
+
 /// Space on the file system holding the store: (total, available) bytes.
 pub fn fs_space(dir: &Path) -> (u64, u64) {
     use std::os::unix::ffi::OsStrExt;

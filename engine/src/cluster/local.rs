@@ -220,7 +220,7 @@ impl Locked<'_> {
                 pid: s.pid,
             })
             .collect();
-        members.sort_by(|a, b| a.id.cmp(&b.id));
+        members.sort_by_key(|m| m.id);
         View {
             epoch: self.header().epoch,
             members,

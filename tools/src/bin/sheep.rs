@@ -119,16 +119,25 @@ fn pid_file(dir: &Path) -> PathBuf {
 /// Refuses a DIR that a live sheep already serves (the store's flock is the real
 /// guard; this gives the message before we touch ports).
 fn check_not_running(dir: &Path) -> Result<(), String> {
-    let Ok(text) = std::fs::read_to_string(pid_file(dir)) else {
-        return Ok(());
-    };
-    let Ok(pid) = text.trim().parse::<i32>() else {
-        return Ok(());
-    };
-    let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
-    if pid != std::process::id() as i32 && comm.trim() == "sheep" {
+    let pid = std::fs::read_to_string(pid_file(dir))
+        .ok()
+        .and_then(|t| t.trim().parse::<u32>().ok());
+    if let Some(pid) = pid {
+        // A zombie (killed, not yet reaped) has exited: its locks and ports are free.
+        let alive = collie_engine::cluster::local::process_start_time(pid).is_some();
+        let comm = std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap_or_default();
+        if alive && pid != std::process::id() && comm.trim() == "sheep" {
+            return Err(format!(
+                "{} is in use by a running sheep (pid {pid})",
+                dir.display()
+            ));
+        }
+    }
+    // The store lock is the real guard; probing it here also keeps the refusal out of
+    // the running sheep's log (a daemon child would write it there).
+    if collie_engine::store::in_use(dir) {
         return Err(format!(
-            "{} is in use by a running sheep (pid {pid})",
+            "{} is in use by another process (a running sheep?)",
             dir.display()
         ));
     }

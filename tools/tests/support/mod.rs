@@ -171,6 +171,7 @@ impl Sheep {
             wait_exit(pid, Duration::from_secs(30)),
             "sheep {pid} ignored SIGTERM"
         );
+        self.wait_ports_free();
     }
 
     /// SIGKILL: the crash case.
@@ -178,6 +179,19 @@ impl Sheep {
         let pid = self.pid.take().expect("sheep is not running");
         signal(pid, libc::SIGKILL);
         assert!(wait_exit(pid, Duration::from_secs(10)));
+        self.wait_ports_free();
+    }
+
+    /// The main thread exits a few milliseconds before the last one closes the
+    /// listeners; a restart must not race that.
+    pub fn wait_ports_free(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        for port in [self.port, self.nbd_port] {
+            while TcpListener::bind(("127.0.0.1", port)).is_err() {
+                assert!(Instant::now() < end, "port {port} still held after exit");
+                std::thread::sleep(Duration::from_millis(10));
+            }
+        }
     }
 
     pub fn restart(&mut self) {
