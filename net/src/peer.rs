@@ -221,7 +221,7 @@ pub fn encode_extents(runs: &[(u64, bool)]) -> Vec<u8> {
 }
 
 pub fn decode_extents(p: &[u8]) -> Result<Vec<(u64, bool)>, PeerError> {
-    if p.len() % 9 != 0 {
+    if !p.len().is_multiple_of(9) {
         return Err(PeerError::Malformed(
             "extents payload is not a whole number of runs",
         ));
@@ -244,7 +244,7 @@ pub fn encode_oids(oids: &[u64]) -> Vec<u8> {
 }
 
 pub fn decode_oids(p: &[u8]) -> Result<Vec<u64>, PeerError> {
-    if p.len() % 8 != 0 {
+    if !p.len().is_multiple_of(8) {
         return Err(PeerError::Malformed(
             "oid list is not a whole number of oids",
         ));
