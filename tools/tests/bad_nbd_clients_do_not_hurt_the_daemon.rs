@@ -73,14 +73,7 @@ fn expect_closed(s: &mut TcpStream, within: Duration, what: &str) -> Vec<u8> {
 
 /// A client in the transmission phase of `export`, reads bounded so nothing hangs.
 fn client(port: u16, export: &str) -> NbdClient {
-    let c = NbdClient::connect(port, export).unwrap();
-    c.stream
-        .set_read_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    c.stream
-        .set_write_timeout(Some(Duration::from_secs(10)))
-        .unwrap();
-    c
+    NbdClient::connect_timeout(port, export, Duration::from_secs(10)).unwrap()
 }
 
 /// A stream after the greeting and valid client flags: in option haggling.

@@ -6,17 +6,13 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+use support::nbd_client::NbdClient;
 use support::*;
 
-use std::io::Write;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 const GIB: u64 = 1 << 30;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A failed dog run: `code`, and stderr is `dog: ...` whose first line contains `want`.
 /// With `one_line`, stderr is that single line (no usage appended).
@@ -36,26 +32,6 @@ fn failed(out: &Output, code: i32, want: &str, one_line: bool) -> String {
     }
     assert!(out.stdout.is_empty(), "{:?}", text(&out.stdout));
     err
-}
-
-/// `dog ARGS -p PORT` with `input` on stdin.
-fn dog_stdin(sheep: &Sheep, args: &[&str], input: Vec<u8>) -> Output {
-    let mut child = Command::new(DOG)
-        .args(args)
-        .args(["-p", &sheep.port.to_string()])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut stdin = child.stdin.take().unwrap();
-    // dog may stop reading early (an error): a broken pipe here is its answer.
-    let feeder = std::thread::spawn(move || {
-        let _ = stdin.write_all(&input);
-    });
-    let out = child.wait_with_output().unwrap();
-    feeder.join().unwrap();
-    out
 }
 
 /// The raw `vdi list -r` line of `name`, split on spaces.
@@ -220,11 +196,7 @@ fn dog_commands() {
     let data = pattern(42, (9 * MIB + 12_345) as usize);
     let off = 3 * MIB + 777;
     let (off_s, len_s) = (off.to_string(), data.len().to_string());
-    let out = dog_stdin(
-        &sheep,
-        &["vdi", "write", "half", &off_s, &len_s],
-        data.clone(),
-    );
+    let out = sheep.dog_with_stdin(&["vdi", "write", "half", &off_s, &len_s], data.clone());
     assert!(out.status.success(), "{}", text(&out.stderr));
     let back = sheep.dog(&["vdi", "read", "half", &off_s, &len_s]);
     assert!(back.status.success(), "{}", text(&back.stderr));
@@ -233,7 +205,7 @@ fn dog_commands() {
         "vdi read differs from what vdi write wrote"
     );
     // The same bytes through NBD, and zeros around them.
-    let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, "half").unwrap();
+    let mut c = NbdClient::connect(sheep.nbd_port, "half").unwrap();
     assert_eq!(c.size, 512 * MIB);
     assert!(c.read(off, data.len()).unwrap() == data);
     assert_eq!(c.read(off - 4096, 4096).unwrap(), vec![0u8; 4096]);
@@ -262,16 +234,12 @@ fn dog_commands() {
 
     // Without LEN: stdin until EOF / read to the end.
     let tiny = pattern(5, 4096);
-    let out = dog_stdin(&sheep, &["vdi", "write", "tiny"], tiny.clone());
+    let out = sheep.dog_with_stdin(&["vdi", "write", "tiny"], tiny.clone());
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert!(sheep.dog_ok_bytes(&["vdi", "read", "tiny"]) == tiny);
     assert!(sheep.dog_ok_bytes(&["vdi", "read", "tiny", "4000"]) == tiny[4000..]);
     // Past the end: refused before anything is written.
-    let out = dog_stdin(
-        &sheep,
-        &["vdi", "write", "tiny", "4000", "200"],
-        vec![1; 200],
-    );
+    let out = sheep.dog_with_stdin(&["vdi", "write", "tiny", "4000", "200"], vec![1; 200]);
     failed(&out, 1, "past the end", true);
     failed(
         &sheep.dog(&["vdi", "read", "tiny", "4097"]),
@@ -281,7 +249,7 @@ fn dog_commands() {
     );
     assert!(sheep.dog_ok_bytes(&["vdi", "read", "tiny"]) == tiny);
     // Short stdin with an explicit LEN is an error (after writing what came).
-    let out = dog_stdin(&sheep, &["vdi", "write", "tiny", "0", "100"], vec![9; 10]);
+    let out = sheep.dog_with_stdin(&["vdi", "write", "tiny", "0", "100"], vec![9; 10]);
     failed(&out, 1, "stdin ended after 10 of 100 bytes", true);
     failed(
         &sheep.dog(&["vdi", "read", "nope"]),
@@ -293,7 +261,7 @@ fn dog_commands() {
     // vdi resize: grow works (also for NBD clients), shrink is refused.
     sheep.dog_ok(&["vdi", "resize", "half", "1G"]);
     assert_eq!(raw_row(&sheep, "half").unwrap()[3], GIB.to_string());
-    let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, "half").unwrap();
+    let mut c = NbdClient::connect(sheep.nbd_port, "half").unwrap();
     assert_eq!(c.size, GIB);
     c.write(GIB - 4096, &[7u8; 4096]).unwrap();
     assert!(
@@ -389,7 +357,7 @@ fn dog_commands() {
         back.iter().all(|&b| b == 0),
         "a new VDI named like a deleted one shows the old data"
     );
-    let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, "half").unwrap();
+    let mut c = NbdClient::connect(sheep.nbd_port, "half").unwrap();
     assert_eq!(c.read(GIB - 4096, 4096).unwrap(), vec![0u8; 4096]);
     c.disconnect();
     assert_eq!(
@@ -437,21 +405,4 @@ fn dog_commands() {
         err.contains("Connection refused (is sheep running?)"),
         "{err}"
     );
-}
-
-/// `dog_ok` for binary output.
-trait DogBytes {
-    fn dog_ok_bytes(&self, args: &[&str]) -> Vec<u8>;
-}
-
-impl DogBytes for Sheep {
-    fn dog_ok_bytes(&self, args: &[&str]) -> Vec<u8> {
-        let out = self.dog(args);
-        assert!(
-            out.status.success(),
-            "dog {args:?} failed: {}",
-            text(&out.stderr)
-        );
-        out.stdout
-    }
 }

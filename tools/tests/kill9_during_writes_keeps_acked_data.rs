@@ -178,10 +178,8 @@ impl Region {
 fn write_until_killed(port: u16, region: &mut Region, seed: u64, acks: &AtomicU64) -> RoundLog {
     let mut log = RoundLog::default();
     let mut rng = Rng::new(seed);
-    let mut c = NbdClient::connect(port, VDI).expect("writer connects");
-    let t = Some(Duration::from_secs(20));
-    c.stream.set_read_timeout(t).unwrap();
-    c.stream.set_write_timeout(t).unwrap();
+    let mut c =
+        NbdClient::connect_timeout(port, VDI, Duration::from_secs(20)).expect("writer connects");
     let mut in_flight: Vec<(u64, Write)> = Vec::new();
     log.ended_by = 'run: loop {
         while in_flight.len() < DEPTH {

@@ -6,10 +6,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+use support::map::{covered, nbdinfo_map, normalize, ranges_of, subtract};
+use support::nbd_client::NbdClient;
 use support::*;
 
-use collie_net::nbd::Command as Cmd;
-use std::path::Path;
 use std::process::Command;
 
 const OBJ: u64 = 4 * MIB;
@@ -18,93 +18,23 @@ const MAP_SIZE: u64 = 64 * MIB;
 /// blocks around written bytes, no further.
 const GRAIN: u64 = 4096;
 
-/// Half-open byte ranges, sorted and merged.
-fn normalize(mut v: Vec<(u64, u64)>) -> Vec<(u64, u64)> {
-    v.retain(|r| r.0 < r.1);
-    v.sort_unstable();
-    let mut out: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in v {
-        match out.last_mut() {
-            Some(last) if s <= last.1 => last.1 = last.1.max(e),
-            _ => out.push((s, e)),
-        }
-    }
-    out
-}
-
-/// `a` minus `b`.
-fn subtract(a: &[(u64, u64)], b: &[(u64, u64)]) -> Vec<(u64, u64)> {
-    let mut out = Vec::new();
-    for &(mut s, e) in a {
-        for &(bs, be) in b {
-            if be <= s || bs >= e {
-                continue;
-            }
-            if bs > s {
-                out.push((s, bs));
-            }
-            s = s.max(be);
-        }
-        if s < e {
-            out.push((s, e));
-        }
-    }
-    normalize(out)
-}
-
-fn covered(by: &[(u64, u64)], r: (u64, u64)) -> bool {
-    subtract(&[r], by).is_empty()
-}
-
 /// `nbdinfo --map`: (offset, length, type) lines, checked to tile the export.
 fn map(uri: &str, size: u64) -> Vec<(u64, u64, u32)> {
-    let text = run(Command::new("nbdinfo").args(["--map", uri]));
+    let extents = nbdinfo_map(uri);
     let mut next = 0;
-    let extents: Vec<(u64, u64, u32)> = text
-        .lines()
-        .map(|l| {
-            let f: Vec<&str> = l.split_whitespace().collect();
-            assert!(f.len() >= 3, "bad map line {l:?}\n{text}");
-            let e = (
-                f[0].parse().unwrap(),
-                f[1].parse().unwrap(),
-                f[2].parse().unwrap(),
-            );
-            assert_eq!(e.0, next, "extents must be contiguous:\n{text}");
-            assert!(e.1 > 0, "empty extent:\n{text}");
-            next = e.0 + e.1;
-            e
-        })
-        .collect();
-    assert_eq!(next, size, "extents must cover the export:\n{text}");
+    for e in &extents {
+        assert_eq!(e.0, next, "extents must be contiguous: {extents:?}");
+        assert!(e.1 > 0, "empty extent: {extents:?}");
+        next = e.0 + e.1;
+    }
+    assert_eq!(next, size, "extents must cover the export: {extents:?}");
     extents
 }
 
-fn assert_file_is(path: &Path, want: &[u8]) {
-    let got = std::fs::read(path).unwrap();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{} has the wrong size",
-        path.display()
-    );
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        panic!("{} differs at byte {i}", path.display());
-    }
-}
-
-fn trim(c: &mut nbd_client::NbdClient, off: u64, len: u64) {
-    let cookie = c.send(Cmd::Trim, off, len, &[]).unwrap();
-    let r = c.reply().unwrap();
-    assert_eq!((r.cookie, r.error), (cookie, 0), "TRIM {off}+{len}");
-}
-
-fn read_vdi(port: u16, name: &str, len: u64) -> Vec<u8> {
-    let mut c = nbd_client::NbdClient::connect(port, name).unwrap();
-    let mut out = Vec::with_capacity(len as usize);
-    for off in (0..len).step_by(OBJ as usize) {
-        out.extend(c.read(off, OBJ.min(len - off) as usize).unwrap());
-    }
+/// The whole VDI `name`, through our own client.
+fn read_vdi(port: u16, name: &str) -> Vec<u8> {
+    let mut c = NbdClient::connect(port, name).unwrap();
+    let out = c.read_all().unwrap();
     c.disconnect();
     out
 }
@@ -140,12 +70,13 @@ fn nbdinfo_map_and_nbdcopy() {
         (3 * OBJ, OBJ),       // a whole object
         (5 * OBJ + MIB, MIB), // the middle of the object 5 data
     ];
-    let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, "map").unwrap();
+    let mut c = NbdClient::connect(sheep.nbd_port, "map").unwrap();
     for (i, &(off, len)) in written.iter().enumerate() {
         c.write(off, &pattern(i as u64 + 1, len as usize)).unwrap();
     }
     for &(off, len) in &trimmed {
-        trim(&mut c, off, len);
+        c.trim(off, len)
+            .unwrap_or_else(|e| panic!("TRIM {off}+{len}: {e}"));
     }
     c.disconnect();
 
@@ -158,20 +89,8 @@ fn nbdinfo_map_and_nbdcopy() {
             .collect(),
     );
     let extents = map(&uri, MAP_SIZE);
-    let data_extents: Vec<(u64, u64)> = normalize(
-        extents
-            .iter()
-            .filter(|e| e.2 & 1 == 0) // not a hole
-            .map(|e| (e.0, e.0 + e.1))
-            .collect(),
-    );
-    let holes: Vec<(u64, u64)> = normalize(
-        extents
-            .iter()
-            .filter(|e| e.2 == 3)
-            .map(|e| (e.0, e.0 + e.1))
-            .collect(),
-    );
+    let data_extents = ranges_of(&extents, |t| t & 1 == 0); // not a hole
+    let holes = ranges_of(&extents, |t| t == 3);
     for &r in &data {
         assert!(
             covered(&data_extents, r),
@@ -210,7 +129,7 @@ fn nbdinfo_map_and_nbdcopy() {
     sheep.create_vdi("b", "32M");
     // Dirty both VDIs where the source is zero: only a real zeroing leaves zeros there.
     for name in ["a", "b"] {
-        let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, name).unwrap();
+        let mut c = NbdClient::connect(sheep.nbd_port, name).unwrap();
         c.write(8 * MIB, &[0xee; 4 << 20]).unwrap();
         c.write(20 * MIB, &[0xee; 2 << 20]).unwrap();
         c.write(0, &[0xee; 4096]).unwrap();
@@ -224,16 +143,10 @@ fn nbdinfo_map_and_nbdcopy() {
     let out = dir.path().join("out.bin");
     run(Command::new("nbdcopy").arg(&a).arg(&out));
     assert_file_is(&out, &src);
-    assert!(
-        read_vdi(sheep.nbd_port, "a", size) == src,
-        "VDI a differs from the source"
-    );
+    assert_bytes_eq("VDI a", &read_vdi(sheep.nbd_port, "a"), &src);
 
     run(Command::new("nbdcopy").args(["--flush", &a, &b]));
-    assert!(
-        read_vdi(sheep.nbd_port, "b", size) == src,
-        "VDI b differs from the source"
-    );
+    assert_bytes_eq("VDI b", &read_vdi(sheep.nbd_port, "b"), &src);
     let out_b = dir.path().join("out-b.bin");
     run(Command::new("nbdcopy").arg(&b).arg(&out_b));
     assert_file_is(&out_b, &src);

@@ -5,9 +5,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+use support::clients::{json_u64, qemu_img, qemu_io_ok};
 use support::*;
 
-use std::path::Path;
 use std::process::Command;
 
 const IMAGE: u64 = 256 * MIB;
@@ -16,10 +16,6 @@ const IMAGE: u64 = 256 * MIB;
 /// `qemu-img convert` turns them into WRITE_ZEROES (or skips them), so the VDI is
 /// dirtied there first: only a real zeroing leaves them zero.
 const ZEROED: [(u64, u64); 2] = [(64 * MIB, 8 * MIB), (200 * MIB + 3, MIB + 5)];
-
-fn qemu_img(args: &[&str]) -> String {
-    run(Command::new("qemu-img").args(args))
-}
 
 /// `qemu-img compare`: exit 0 identical, 1 different, anything else an error.
 fn compare_status(args: &[&str]) -> i32 {
@@ -31,38 +27,13 @@ fn compare_status(args: &[&str]) -> i32 {
     out.status.code().unwrap_or(-1)
 }
 
-fn assert_file_is(path: &Path, want: &[u8]) {
-    let got = std::fs::read(path).unwrap();
-    assert_eq!(
-        got.len(),
-        want.len(),
-        "{} has the wrong size",
-        path.display()
-    );
-    if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-        panic!(
-            "{} differs at byte {i}: {:#04x}, expected {:#04x}",
-            path.display(),
-            got[i],
-            want[i]
-        );
-    }
-}
-
 /// Every "virtual-size" in `qemu-img info --output=json`: the child nodes' first (for
 /// an NBD export, the export's length), the image's own last.
 fn virtual_sizes(info_json: &str) -> Vec<u64> {
     info_json
         .split("\"virtual-size\":")
         .skip(1)
-        .map(|rest| {
-            rest.trim_start()
-                .split(|c: char| !c.is_ascii_digit())
-                .next()
-                .unwrap()
-                .parse()
-                .unwrap()
-        })
+        .map(json_u64)
         .collect()
 }
 
@@ -90,14 +61,8 @@ fn qemu_img_round_trip() {
     let src = src.to_str().unwrap();
 
     // Raw in and out.
-    let mut dirty = Vec::new();
-    for (off, len) in ZEROED {
-        dirty.extend(["-c".to_owned(), format!("write -P 0xee {off} {len}")]);
-    }
-    run(Command::new("qemu-io")
-        .args(["-f", "raw"])
-        .args(&dirty)
-        .arg(&raw_uri));
+    let dirty = ZEROED.map(|(off, len)| format!("write -P 0xee {off} {len}"));
+    qemu_io_ok(&raw_uri, &dirty);
     qemu_img(&["convert", "-n", "-f", "raw", "-O", "raw", src, &raw_uri]);
     let out = dir.path().join("out.raw");
     let out_s = out.to_str().unwrap();

@@ -7,9 +7,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
+use support::clients::{qemu_io, qemu_io_ok};
+use support::nbd_client::NbdClient;
 use support::*;
-
-use std::process::Command;
 
 const OBJ: u64 = 4 * MIB;
 const SIZE: u64 = 48 * MIB;
@@ -61,53 +61,6 @@ impl Op {
             _ => 0,
         };
         model[off as usize..(off + len) as usize].fill(fill);
-    }
-}
-
-/// Runs one qemu-io process with `cmds` against `uri`. Err(output) unless it exited 0,
-/// printed no failure or error, and printed one success line per command.
-fn qemu_io(uri: &str, cmds: &[String]) -> Result<String, String> {
-    let mut c = Command::new("qemu-io");
-    c.args(["-f", "raw"]);
-    for cmd in cmds {
-        c.arg("-c").arg(cmd);
-    }
-    c.arg(uri);
-    let out = c.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let lower = text.to_lowercase();
-    // "wrote 4/4 bytes at offset 1", "read ...", "discard ...": one per command.
-    let done = text
-        .lines()
-        .filter(|l| {
-            ["wrote ", "read ", "discard "]
-                .iter()
-                .any(|p| l.starts_with(p))
-                && l.contains(" bytes at offset ")
-        })
-        .count();
-    if !out.status.success()
-        || lower.contains("pattern verification failed")
-        || lower.contains("failed")
-        || lower.contains("error")
-        || done != cmds.len()
-    {
-        return Err(format!(
-            "qemu-io ({}, {done}/{} commands done) {cmds:?}:\n{text}",
-            out.status,
-            cmds.len()
-        ));
-    }
-    Ok(text)
-}
-
-fn qemu_io_ok(uri: &str, cmds: &[String]) {
-    if let Err(e) = qemu_io(uri, cmds) {
-        panic!("{e}");
     }
 }
 
@@ -245,19 +198,9 @@ fn qemu_io_misaligned_patterns() {
     verify_all(&uri, &model);
 
     // The same bytes through our own client (simple replies), 4 MiB at a time.
-    let mut c = nbd_client::NbdClient::connect(sheep.nbd_port, "pat").unwrap();
+    let mut c = NbdClient::connect(sheep.nbd_port, "pat").unwrap();
     assert_eq!(c.size, SIZE);
-    for off in (0..SIZE).step_by(OBJ as usize) {
-        let got = c.read(off, OBJ as usize).unwrap();
-        let want = &model[off as usize..(off + OBJ) as usize];
-        if let Some(i) = (0..got.len()).find(|&i| got[i] != want[i]) {
-            panic!(
-                "byte {} reads {:#04x}, the model says {:#04x}",
-                off + i as u64,
-                got[i],
-                want[i]
-            );
-        }
-    }
+    let got = c.read_all().unwrap();
     c.disconnect();
+    assert_bytes_eq("our client against the model", &got, &model);
 }

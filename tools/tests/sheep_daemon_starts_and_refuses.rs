@@ -27,10 +27,6 @@ impl Drop for Foreground {
     }
 }
 
-fn stderr(o: &Output) -> String {
-    String::from_utf8_lossy(&o.stderr).into_owned()
-}
-
 /// Runs `sheep ARGS DIR` and waits for it (the daemonizing parent) to return.
 fn sheep_cmd(args: &[&str], dir: &Path) -> Output {
     Command::new(SHEEP)
@@ -44,7 +40,7 @@ fn sheep_cmd(args: &[&str], dir: &Path) -> Output {
 /// A start that must fail: exit 1, the message on stderr, no daemon left behind.
 fn refused(args: &[&str], dir: &Path, want: &str) {
     let out = sheep_cmd(args, dir);
-    let err = stderr(&out);
+    let err = text(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "sheep {args:?}: {out:?}");
     assert!(
         err.contains(want),
@@ -102,25 +98,8 @@ fn reuseport_listener() -> (OwnedFd, u16) {
     }
 }
 
-/// Waits (up to 5 s) until `port` can be bound again. Not at once: `wait_exit` sees
-/// the exit when the main thread is a zombie, while the other threads (and io_uring's
-/// deferred teardown) may still hold the listening sockets for a few milliseconds.
-fn released(port: u16, what: &str) {
-    let t = Instant::now();
-    while let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
-        assert!(
-            t.elapsed() < Duration::from_secs(5),
-            "{what} port {port} still bound 5 s after sheep exited: {e}"
-        );
-        std::thread::sleep(Duration::from_millis(2));
-    }
-    if t.elapsed() > Duration::from_millis(1) {
-        eprintln!(
-            "{what} port {port} was released {:?} after the exit",
-            t.elapsed()
-        );
-    }
-}
+/// How long a port may stay bound after its sheep exited.
+const RELEASE: Duration = Duration::from_secs(5);
 
 /// The sheep answers on both ports: dog gets the cluster status and an NBD client
 /// gets the server greeting.
@@ -129,7 +108,11 @@ fn serving(port: u16, nbd_port: u16) {
         .args(["cluster", "info", "-p", &port.to_string()])
         .output()
         .unwrap();
-    assert!(out.status.success(), "dog cluster info: {}", stderr(&out));
+    assert!(
+        out.status.success(),
+        "dog cluster info: {}",
+        text(&out.stderr)
+    );
     nbd_client::greet(nbd_port).expect("NBD greeting");
 }
 
@@ -145,8 +128,7 @@ fn sheep_daemon_starts_and_refuses() {
         assert!(t.elapsed() < Duration::from_secs(2));
         // Not `restart()`: its launch can race the old process for the ports.
         sheep.stop();
-        released(sheep.port, "admin");
-        released(sheep.nbd_port, "NBD");
+        sheep.wait_ports_free(RELEASE);
         sheep.launch();
     }
     serving(sheep.port, sheep.nbd_port);
@@ -170,7 +152,7 @@ fn sheep_daemon_starts_and_refuses() {
     let (p2, n2) = (free_port().to_string(), free_port().to_string());
     let out = sheep_cmd(&["-p", &p2, "--nbd-port", &n2], &sheep.dir);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = stderr(&out);
+    let err = text(&out.stderr);
     assert!(err.contains(&canonical.display().to_string()), "{err}");
     assert!(err.contains("running sheep"), "{err}");
     assert!(err.contains(&format!("pid {}", sheep.pid())), "{err}");
@@ -183,7 +165,7 @@ fn sheep_daemon_starts_and_refuses() {
     std::fs::remove_file(&pid_file).unwrap();
     let out = sheep_cmd(&["-p", &p2, "--nbd-port", &n2], &sheep.dir);
     assert_eq!(out.status.code(), Some(1), "{out:?}");
-    let err = stderr(&out);
+    let err = text(&out.stderr);
     assert!(err.contains("in use by another process"), "{err}");
     assert!(err.contains(&canonical.display().to_string()), "{err}");
     assert!(
@@ -250,7 +232,7 @@ fn sheep_daemon_starts_and_refuses() {
     ];
     for (args, want) in cases {
         let out = sheep_cmd(args, &bad_dir);
-        let err = stderr(&out);
+        let err = text(&out.stderr);
         assert_eq!(out.status.code(), Some(2), "sheep {args:?}: {out:?}");
         assert!(
             err.contains(want),
@@ -261,10 +243,10 @@ fn sheep_daemon_starts_and_refuses() {
     }
     let out = Command::new(SHEEP).output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains("missing DIR"), "{out:?}");
+    assert!(text(&out.stderr).contains("missing DIR"), "{out:?}");
     let out = Command::new(SHEEP).arg("-p").output().unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
-    assert!(stderr(&out).contains("-p needs a value"), "{out:?}");
+    assert!(text(&out.stderr).contains("-p needs a value"), "{out:?}");
     let out = Command::new(SHEEP).arg("-h").output().unwrap();
     assert!(out.status.success(), "{out:?}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("--handshake-timeout"));
@@ -278,8 +260,7 @@ fn sheep_daemon_starts_and_refuses() {
     assert!(log.contains("clean shutdown"), "{log}");
     assert!(!log.contains("panicked"), "{log}");
     assert!(!pid_alive(pid));
-    released(sheep.port, "admin");
-    released(sheep.nbd_port, "NBD");
+    sheep.wait_ports_free(RELEASE);
     sheep.launch();
     let pid = sheep.forget();
     signal(pid, libc::SIGINT);
@@ -361,35 +342,21 @@ fn sheep_daemon_starts_and_refuses() {
     sheep.launch();
     let pid = sheep.pid();
     sheep.kill9();
-    released(sheep.port, "admin");
-    released(sheep.nbd_port, "NBD");
+    sheep.wait_ports_free(RELEASE);
     assert!(
         pid_file.exists(),
         "SIGKILL cannot have removed the pid file"
     );
-    let state = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            s.split(") ")
-                .nth(1)
-                .unwrap_or("")
-                .chars()
-                .take(1)
-                .collect::<String>()
-        })
-        .unwrap_or_else(|_| "reaped".into());
+    let state = proc_state(pid).unwrap_or_else(|| "reaped".into());
     let out = sheep.command().output().unwrap();
     if out.status.success() {
-        let new_pid: i32 = std::fs::read_to_string(&pid_file)
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let new_pid = read_pid(&sheep.dir);
         signal(new_pid, libc::SIGTERM);
         assert!(wait_exit(new_pid, Duration::from_secs(30)));
     }
     assert!(
         out.status.success(),
         "restart right after SIGKILL refused (old pid {pid}, state {state}): {}",
-        stderr(&out)
+        text(&out.stderr)
     );
 }

@@ -1,11 +1,15 @@
 //! Shared helpers for the process-level tests: start and stop real `sheep` daemons on
 //! loopback with their storage on the disk that holds `target/`, run `dog` and the NBD
 //! clients (qemu-img, qemu-io, nbdinfo, nbdcopy, fio), and a small NBD client of our own
-//! for tests that must send exact bytes or log acknowledgements.
+//! for tests that must send exact bytes or log acknowledgements. Every helper more than
+//! one test needs lives here, once; each test binary uses a subset (hence `dead_code`).
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod clients;
+pub mod map;
 pub mod nbd_client;
 
+use std::io::Write;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -50,6 +54,11 @@ pub fn require(tool: &str) {
     );
 }
 
+/// A process's output as text (lossy UTF-8), for assertions and failure messages.
+pub fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
 /// Runs a command, failing the test with its output if it fails.
 pub fn run(cmd: &mut Command) -> String {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
@@ -57,18 +66,38 @@ pub fn run(cmd: &mut Command) -> String {
         out.status.success(),
         "{cmd:?} failed ({}):\n{}{}",
         out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        text(&out.stdout),
+        text(&out.stderr)
     );
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    text(&out.stdout)
+}
+
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `Z`, ...); None once the
+/// process is reaped.
+pub fn proc_state(pid: i32) -> Option<String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    Some(
+        stat.split(") ")
+            .nth(1)
+            .unwrap_or("")
+            .chars()
+            .take(1)
+            .collect(),
+    )
 }
 
 pub fn pid_alive(pid: i32) -> bool {
     // A zombie has exited; it only waits to be reaped.
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => !s.split(") ").nth(1).unwrap_or("").starts_with('Z'),
-        Err(_) => false,
-    }
+    proc_state(pid).is_some_and(|s| s != "Z")
+}
+
+/// The pid a sheep wrote to `DIR/sheep.pid`.
+pub fn read_pid(dir: &Path) -> i32 {
+    std::fs::read_to_string(dir.join("sheep.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
 }
 
 /// Waits up to `limit` for `pid` to exit; true if it did.
@@ -86,6 +115,27 @@ pub fn wait_exit(pid: i32, limit: Duration) -> bool {
 pub fn signal(pid: i32, sig: i32) {
     // SAFETY: kill(2) on a pid this test started.
     unsafe { libc::kill(pid, sig) };
+}
+
+/// Waits until `port` can be bound on 127.0.0.1 again, failing the test after `limit`.
+/// Not at once after an exit: `wait_exit` sees the exit when the main thread is a
+/// zombie, while the other threads (and io_uring's deferred teardown) may still hold
+/// the listening sockets for a few milliseconds.
+fn released(port: u16, what: &str, limit: Duration) {
+    let t = Instant::now();
+    while let Err(e) = TcpListener::bind(("127.0.0.1", port)) {
+        assert!(
+            t.elapsed() < limit,
+            "{what} port {port} still bound {limit:?} after sheep exited: {e}"
+        );
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    if t.elapsed() > Duration::from_millis(1) {
+        eprintln!(
+            "{what} port {port} was released {:?} after the exit",
+            t.elapsed()
+        );
+    }
 }
 
 /// Deterministic bytes for (seed, len).
@@ -107,6 +157,8 @@ pub struct Sheep {
     pub port: u16,
     pub nbd_port: u16,
     pub extra: Vec<String>,
+    /// Environment variables set for the daemon (e.g. `COLLIE_LOG`), on every launch.
+    pub env: Vec<(String, String)>,
     pid: Option<i32>,
     _guard: Option<tempfile::TempDir>,
 }
@@ -114,12 +166,21 @@ pub struct Sheep {
 impl Sheep {
     /// Starts a daemonized sheep in a fresh directory (`sheep` returns once it listens).
     pub fn start(name: &str, extra: &[&str]) -> Sheep {
+        Sheep::start_with_env(name, extra, &[])
+    }
+
+    /// [`Sheep::start`] with `env` set in the daemon's environment.
+    pub fn start_with_env(name: &str, extra: &[&str], env: &[(&str, &str)]) -> Sheep {
         let guard = test_dir(name);
         let mut s = Sheep {
             dir: guard.path().join("store"),
             port: free_port(),
             nbd_port: free_port(),
             extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
             pid: None,
             _guard: Some(guard),
         };
@@ -136,7 +197,8 @@ impl Sheep {
 
     pub fn command(&self) -> Command {
         let mut c = Command::new(SHEEP);
-        c.args(["-p", &self.port.to_string()])
+        c.envs(self.env.iter().map(|(k, v)| (k, v)))
+            .args(["-p", &self.port.to_string()])
             .args(["--nbd-port", &self.nbd_port.to_string()])
             .args(&self.extra)
             .arg(&self.dir);
@@ -147,11 +209,7 @@ impl Sheep {
     pub fn launch(&mut self) {
         assert!(self.pid.is_none(), "already running");
         run(&mut self.command());
-        let pid: i32 = std::fs::read_to_string(self.dir.join("sheep.pid"))
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let pid = read_pid(&self.dir);
         assert!(
             pid_alive(pid),
             "sheep returned but pid {pid} is not running"
@@ -171,7 +229,7 @@ impl Sheep {
             wait_exit(pid, Duration::from_secs(30)),
             "sheep {pid} ignored SIGTERM"
         );
-        self.wait_ports_free();
+        self.wait_ports_free(Duration::from_secs(10));
     }
 
     /// SIGKILL: the crash case.
@@ -179,19 +237,14 @@ impl Sheep {
         let pid = self.pid.take().expect("sheep is not running");
         signal(pid, libc::SIGKILL);
         assert!(wait_exit(pid, Duration::from_secs(10)));
-        self.wait_ports_free();
+        self.wait_ports_free(Duration::from_secs(10));
     }
 
     /// The main thread exits a few milliseconds before the last one closes the
-    /// listeners; a restart must not race that.
-    pub fn wait_ports_free(&self) {
-        let end = Instant::now() + Duration::from_secs(10);
-        for port in [self.port, self.nbd_port] {
-            while TcpListener::bind(("127.0.0.1", port)).is_err() {
-                assert!(Instant::now() < end, "port {port} still held after exit");
-                std::thread::sleep(Duration::from_millis(10));
-            }
-        }
+    /// listeners; a restart must not race that. Each port gets `limit`.
+    pub fn wait_ports_free(&self, limit: Duration) {
+        released(self.port, "admin", limit);
+        released(self.nbd_port, "NBD", limit);
     }
 
     pub fn restart(&mut self) {
@@ -220,15 +273,40 @@ impl Sheep {
             .unwrap()
     }
 
+    /// `dog ARGS -p PORT` with `input` on stdin.
+    pub fn dog_with_stdin(&self, args: &[&str], input: Vec<u8>) -> Output {
+        let mut child = Command::new(DOG)
+            .args(args)
+            .args(["-p", &self.port.to_string()])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        // dog may stop reading early (an error): a broken pipe here is its answer.
+        let feeder = std::thread::spawn(move || {
+            let _ = stdin.write_all(&input);
+        });
+        let out = child.wait_with_output().unwrap();
+        feeder.join().unwrap();
+        out
+    }
+
     /// Runs dog, failing the test (with dog's stderr) unless it succeeds; returns stdout.
-    pub fn dog_ok(&self, args: &[&str]) -> String {
+    pub fn dog_ok_bytes(&self, args: &[&str]) -> Vec<u8> {
         let out = self.dog(args);
         assert!(
             out.status.success(),
             "dog {args:?} failed: {}",
-            String::from_utf8_lossy(&out.stderr)
+            text(&out.stderr)
         );
-        String::from_utf8(out.stdout).unwrap()
+        out.stdout
+    }
+
+    /// [`Sheep::dog_ok`] for text output.
+    pub fn dog_ok(&self, args: &[&str]) -> String {
+        String::from_utf8(self.dog_ok_bytes(args)).unwrap()
     }
 
     /// Creates a VDI (`dog vdi create -c 1 NAME SIZE`).
@@ -251,4 +329,36 @@ pub fn write_file(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
     let p = dir.join(name);
     std::fs::write(&p, bytes).unwrap();
     p
+}
+
+/// Where `got` departs from `want`, for a failure message: the lengths, or how many
+/// bytes differ and the first run of them with its values.
+pub fn first_difference(got: &[u8], want: &[u8]) -> String {
+    if got.len() != want.len() {
+        return format!("{} bytes, expected {}", got.len(), want.len());
+    }
+    match (0..got.len()).find(|&i| got[i] != want[i]) {
+        None => "identical".into(),
+        Some(i) => {
+            let end = (i..got.len())
+                .find(|&j| got[j] == want[j])
+                .unwrap_or(got.len());
+            let count = (0..got.len()).filter(|&j| got[j] != want[j]).count();
+            format!(
+                "{count} bytes differ, first {i}..{end} ({:#04x}, expected {:#04x})",
+                got[i], want[i]
+            )
+        }
+    }
+}
+
+/// Fails the test unless `got == want`, naming `who` and the first differing byte.
+pub fn assert_bytes_eq(who: &str, got: &[u8], want: &[u8]) {
+    assert!(got == want, "{who}: {}", first_difference(got, want));
+}
+
+/// Fails the test unless the file at `path` holds exactly `want`.
+pub fn assert_file_is(path: &Path, want: &[u8]) {
+    let got = std::fs::read(path).unwrap();
+    assert_bytes_eq(&path.display().to_string(), &got, want);
 }

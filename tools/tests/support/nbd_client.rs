@@ -101,6 +101,19 @@ impl NbdClient {
         })
     }
 
+    /// [`NbdClient::connect`], then reads and writes bounded by `timeout` so a test
+    /// cannot hang on a server that stopped answering.
+    pub fn connect_timeout(
+        port: u16,
+        export: &str,
+        timeout: Duration,
+    ) -> std::io::Result<NbdClient> {
+        let c = NbdClient::connect(port, export)?;
+        c.stream.set_read_timeout(Some(timeout))?;
+        c.stream.set_write_timeout(Some(timeout))?;
+        Ok(c)
+    }
+
     /// Sends a request without waiting; returns its cookie.
     pub fn send(&mut self, kind: Cmd, offset: u64, len: u64, data: &[u8]) -> std::io::Result<u64> {
         let cookie = self.next_cookie;
@@ -133,24 +146,41 @@ impl NbdClient {
         })
     }
 
-    pub fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
-        let c = self.send(Cmd::Write, offset, data.len() as u64, data)?;
+    /// Sends one request and reads its reply header: Err unless the reply is for this
+    /// request and reports no error.
+    fn call(&mut self, kind: Cmd, offset: u64, len: u64, data: &[u8]) -> std::io::Result<()> {
+        let c = self.send(kind, offset, len, data)?;
         let r = self.reply()?;
         if r.cookie != c || r.error != 0 {
-            return Err(io_err(format!("write failed: {r:?}")));
+            return Err(io_err(format!("{kind:?} failed: {r:?}")));
         }
         Ok(())
     }
 
+    pub fn write(&mut self, offset: u64, data: &[u8]) -> std::io::Result<()> {
+        self.call(Cmd::Write, offset, data.len() as u64, data)
+    }
+
     pub fn read(&mut self, offset: u64, len: usize) -> std::io::Result<Vec<u8>> {
-        let c = self.send(Cmd::Read, offset, len as u64, &[])?;
-        let r = self.reply()?;
-        if r.cookie != c || r.error != 0 {
-            return Err(io_err(format!("read failed: {r:?}")));
-        }
+        self.call(Cmd::Read, offset, len as u64, &[])?;
         let mut d = vec![0u8; len];
         self.stream.read_exact(&mut d)?;
         Ok(d)
+    }
+
+    /// NBD_CMD_TRIM of `len` bytes at `offset`.
+    pub fn trim(&mut self, offset: u64, len: u64) -> std::io::Result<()> {
+        self.call(Cmd::Trim, offset, len, &[])
+    }
+
+    /// The whole export, read 4 MiB (one object) per request.
+    pub fn read_all(&mut self) -> std::io::Result<Vec<u8>> {
+        const CHUNK: u64 = 4 << 20;
+        let mut out = Vec::with_capacity(self.size as usize);
+        for off in (0..self.size).step_by(CHUNK as usize) {
+            out.extend(self.read(off, CHUNK.min(self.size - off) as usize)?);
+        }
+        Ok(out)
     }
 
     pub fn disconnect(mut self) {
