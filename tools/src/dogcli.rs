@@ -6,7 +6,7 @@
 use std::ffi::CStr;
 use std::fmt::Write as _;
 
-use collie_net::admin::body::MAX_NAME;
+use collie_net::admin::MAX_NAME;
 use collie_net::admin::{AdminError, ClusterInfo, NodeInfo, VdiInfo};
 use collie_placement::Redundancy;
 

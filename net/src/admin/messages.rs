@@ -178,6 +178,34 @@ fn put_redundancy(e: &mut Enc, r: Redundancy) {
 }
 
 impl Request {
+    /// Refuses what the receiver would reject anyway (names over `MAX_NAME` bytes, data
+    /// over `MAX_DATA`), so a client gets a clear error instead of a refused frame.
+    pub fn check(&self) -> Result<()> {
+        let name = match self {
+            Request::VdiCreate { name, .. }
+            | Request::VdiDelete { name }
+            | Request::VdiResize { name, .. }
+            | Request::VdiRead { name, .. }
+            | Request::VdiWrite { name, .. } => name.as_str(),
+            _ => "",
+        };
+        if name.len() > MAX_NAME {
+            return Err(AdminError::Malformed(format!(
+                "vdi name of {} bytes exceeds the {MAX_NAME}-byte limit",
+                name.len()
+            )));
+        }
+        match self {
+            Request::VdiWrite { data, .. } if data.len() > MAX_DATA as usize => Err(
+                AdminError::Malformed(format!("{} bytes of data exceed one frame", data.len())),
+            ),
+            Request::VdiRead { len, .. } if *len > MAX_DATA => Err(AdminError::Malformed(format!(
+                "a read of {len} bytes exceeds one frame"
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     /// Opcode and body.
     pub fn encode(&self) -> (u16, Vec<u8>) {
         let mut e = Enc::default();

@@ -9,6 +9,7 @@
 pub mod body;
 mod messages;
 
+pub use body::MAX_NAME;
 pub use messages::*;
 
 use bytemuck::{Pod, Zeroable};
@@ -187,6 +188,7 @@ impl AdminClient {
     /// Sends `req` and waits for its response. A sheep-side failure comes back as
     /// `Ok(Response::Error { .. })`; `Err` means the exchange itself failed.
     pub fn call(&mut self, req: &Request) -> Result<Response> {
+        req.check()?;
         let id = self.next_id;
         self.next_id += 1;
         let (op, body) = req.encode();

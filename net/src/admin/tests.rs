@@ -157,3 +157,30 @@ fn random_bodies_never_panic() {
         }
     }
 }
+
+#[test]
+fn oversized_requests_are_refused_before_sending() {
+    let long = "x".repeat(body::MAX_NAME + 1);
+    assert!(Request::VdiDelete { name: long }.check().is_err());
+    assert!(Request::VdiDelete {
+        name: "x".repeat(body::MAX_NAME)
+    }
+    .check()
+    .is_ok());
+    let data = vec![0; MAX_DATA as usize + 1];
+    assert!(Request::VdiWrite {
+        name: "a".into(),
+        offset: 0,
+        data
+    }
+    .check()
+    .is_err());
+    assert!(Request::VdiRead {
+        name: "a".into(),
+        offset: 0,
+        len: MAX_DATA + 1
+    }
+    .check()
+    .is_err());
+    assert!(Request::ClusterInfo.check().is_ok());
+}
