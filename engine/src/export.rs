@@ -9,11 +9,43 @@ use collie_net::nbd::consts::{EINVAL, EIO, ENOSPC};
 use collie_net::nbd::{BlockExport, ExportError, ExportProvider};
 use collie_placement::Vid;
 use futures::future::join_all;
-use std::cell::RefCell;
-use std::rc::Rc;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::{Rc, Weak};
 
 /// Objects one request works on at once.
 const FAN_OUT: usize = 16;
+
+thread_local! {
+    /// This shard's open exports by vid, so that `dog vdi delete` can end them: a
+    /// connection left open would otherwise write objects of a deleted VDI that nothing
+    /// removes.
+    static OPEN: RefCell<HashMap<u32, Vec<Weak<Cell<bool>>>>> = RefCell::new(HashMap::new());
+}
+
+/// Marks every export of `vid` open on this shard as gone; their requests fail from now
+/// on. Returns how many there were.
+pub fn close_exports(vid: u32) -> usize {
+    OPEN.with(|o| {
+        o.borrow_mut().remove(&vid).map_or(0, |list| {
+            list.iter()
+                .filter_map(Weak::upgrade)
+                .map(|g| g.set(true))
+                .count()
+        })
+    })
+}
+
+fn register(vid: u32) -> Rc<Cell<bool>> {
+    let gone = Rc::new(Cell::new(false));
+    OPEN.with(|o| {
+        let mut o = o.borrow_mut();
+        let list = o.entry(vid).or_default();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Rc::downgrade(&gone));
+    });
+    gone
+}
 
 fn nbd_error(e: VdiError) -> ExportError {
     let errno = match &e {
@@ -61,6 +93,7 @@ impl ExportProvider for VdiProvider {
             .map_err(|e| e.to_string())?;
         Ok(Some(VdiExport {
             shard: self.shard.clone(),
+            gone: register(inode.vid.get()),
             inode,
             owners: RefCell::new(owners),
         }))
@@ -70,6 +103,8 @@ impl ExportProvider for VdiProvider {
 /// One open VDI. `!Send`: lives on the connection's shard.
 pub struct VdiExport {
     shard: Rc<Shard>,
+    /// Set when the VDI is deleted: every later request fails.
+    gone: Rc<Cell<bool>>,
     inode: Inode,
     /// Cached `data_vdi_id[]`. Only a hint for reads: another connection may have
     /// written an object since we loaded it, so a 0 here still reads the object.
@@ -77,6 +112,16 @@ pub struct VdiExport {
 }
 
 impl VdiExport {
+    fn alive(&self) -> Result<(), ExportError> {
+        if self.gone.get() {
+            return Err(ExportError {
+                errno: EIO,
+                message: format!("vdi '{}' was deleted", self.inode.name),
+            });
+        }
+        Ok(())
+    }
+
     fn oid(&self, index: u32) -> u64 {
         self.inode.vid.data_oid(index)
     }
@@ -146,6 +191,7 @@ impl BlockExport for VdiExport {
     }
 
     async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ExportError> {
+        self.alive()?;
         let pieces: Vec<vdi::Piece> = vdi::pieces(offset, len, self.object_size()).collect();
         if let [p] = pieces[..] {
             // The common case: one object; hand its buffer straight back.
@@ -167,6 +213,7 @@ impl BlockExport for VdiExport {
     }
 
     async fn write(&self, offset: u64, data: &[u8], _fua: bool) -> Result<(), ExportError> {
+        self.alive()?;
         let pieces: Vec<vdi::Piece> =
             vdi::pieces(offset, data.len() as u64, self.object_size()).collect();
         for chunk in pieces.chunks(FAN_OUT) {
@@ -186,10 +233,12 @@ impl BlockExport for VdiExport {
     /// Writes are durable when acknowledged (or, with `sheep -n`, never forced):
     /// nothing is left to flush.
     async fn flush(&self) -> Result<(), ExportError> {
+        self.alive()?;
         Ok(())
     }
 
     async fn trim(&self, offset: u64, len: u64) -> Result<(), ExportError> {
+        self.alive()?;
         // Lazily, FAN_OUT objects at a time: a trim may cover a whole 16 TiB disk.
         let mut it = vdi::pieces(offset, len, self.object_size()).peekable();
         while it.peek().is_some() {
@@ -202,6 +251,7 @@ impl BlockExport for VdiExport {
     }
 
     async fn write_zeroes(&self, offset: u64, len: u64, allocate: bool) -> Result<(), ExportError> {
+        self.alive()?;
         if !allocate {
             return self.trim(offset, len).await;
         }
@@ -214,6 +264,7 @@ impl BlockExport for VdiExport {
     }
 
     async fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, ExportError> {
+        self.alive()?;
         // The server bounds `len` (1 GiB per reply), so collecting the pieces is cheap.
         let pieces: Vec<vdi::Piece> = vdi::pieces(offset, len, self.object_size()).collect();
         let mut out: Vec<(u64, bool)> = Vec::new();

@@ -3,7 +3,7 @@
 //! `Store::run_on`; admin commands are serialised by one lock (they are rare and must
 //! not race each other, e.g. two creates of one name). The data path never takes it.
 
-use crate::export::VdiProvider;
+use crate::export::{self, VdiProvider};
 use crate::partition::WriteMeta;
 use crate::store::{fs_space, Store};
 use crate::vdi::{self, VdiError};
@@ -285,6 +285,21 @@ impl Node {
                 ))
             }
             Request::VdiDelete { name } => {
+                let lookup = name.clone();
+                let ino = self
+                    .run_vdi(move |sh| Box::pin(async move { vdi::lookup(&sh, &lookup).await }))?;
+                // End the open connections first, so none writes objects after the
+                // delete has listed them.
+                let vid = ino.vid.get();
+                for shard in 0..self.store.shard_count() {
+                    let n = self
+                        .store
+                        .run_on(shard, move |_| async move { export::close_exports(vid) })
+                        .map_err(store_error)?;
+                    if n > 0 {
+                        tracing::info!(vdi = %name, shard, connections = n, "ended connections of a deleted vdi");
+                    }
+                }
                 self.run_vdi(move |sh| Box::pin(async move { vdi::delete(&sh, &name).await }))?;
                 Ok(Response::Ok)
             }
