@@ -804,3 +804,367 @@ mod tests {
         }
     }
 }
+
+/// The server driven by scripted client bytes against an in-memory export: handshake
+/// replies byte by byte, out-of-order completion, and each reply style.
+#[cfg(test)]
+mod scripted {
+    use super::*;
+    use futures::executor::block_on;
+    use futures::io::Cursor;
+    use std::cell::RefCell;
+    use std::task::{Context, Poll};
+
+    /// Client bytes in, server bytes out.
+    struct Duplex {
+        input: Cursor<Vec<u8>>,
+        output: Vec<u8>,
+    }
+
+    impl AsyncRead for Duplex {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Pin::new(&mut self.input).poll_read(cx, buf)
+        }
+    }
+
+    impl AsyncWrite for Duplex {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.output.extend_from_slice(buf);
+            Poll::Ready(Ok(buf.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    /// Yields `n` times, so requests finish in an order the test chooses.
+    async fn yield_times(n: u64) {
+        for _ in 0..n {
+            let mut once = false;
+            futures::future::poll_fn(|cx| {
+                if once {
+                    Poll::Ready(())
+                } else {
+                    once = true;
+                    cx.waker().wake_by_ref();
+                    Poll::Pending
+                }
+            })
+            .await;
+        }
+    }
+
+    /// 64 KiB export; reads at higher offsets finish first; the first 4 KiB are data,
+    /// the rest a hole; reads at 60 KiB fail.
+    struct Mem(RefCell<Vec<u8>>);
+
+    impl BlockExport for Mem {
+        fn size(&self) -> u64 {
+            65536
+        }
+        fn multi_conn(&self) -> bool {
+            false
+        }
+        async fn read(&self, offset: u64, len: u64) -> Result<Vec<u8>, ExportError> {
+            yield_times(100 - offset / 1024).await;
+            if offset == 60 * 1024 {
+                return Err(ExportError {
+                    errno: EIO,
+                    message: "bad block".into(),
+                });
+            }
+            Ok(self.0.borrow()[offset as usize..(offset + len) as usize].to_vec())
+        }
+        async fn write(&self, offset: u64, data: &[u8], _: bool) -> Result<(), ExportError> {
+            self.0.borrow_mut()[offset as usize..offset as usize + data.len()]
+                .copy_from_slice(data);
+            Ok(())
+        }
+        async fn flush(&self) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn trim(&self, _: u64, _: u64) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn write_zeroes(&self, _: u64, _: u64, _: bool) -> Result<(), ExportError> {
+            Ok(())
+        }
+        async fn extents(&self, offset: u64, len: u64) -> Result<Vec<(u64, bool)>, ExportError> {
+            let data_end = 4096u64.saturating_sub(offset).min(len);
+            let mut v = Vec::new();
+            if data_end > 0 {
+                v.push((data_end, true));
+            }
+            if len > data_end {
+                v.push((len - data_end, false));
+            }
+            Ok(v)
+        }
+    }
+
+    struct One;
+    impl ExportProvider for One {
+        type Export = Mem;
+        async fn list(&self) -> Result<Vec<String>, String> {
+            Ok(vec!["mem".into()])
+        }
+        async fn open(&self, name: &str) -> Result<Option<Mem>, String> {
+            Ok((name == "mem").then(|| Mem(RefCell::new((0..65536).map(|i| i as u8).collect()))))
+        }
+    }
+
+    fn option(out: &mut Vec<u8>, opt: u32, data: &[u8]) {
+        out.extend_from_slice(&IHAVEOPT.to_be_bytes());
+        out.extend_from_slice(&opt.to_be_bytes());
+        out.extend_from_slice(&(data.len() as u32).to_be_bytes());
+        out.extend_from_slice(data);
+    }
+
+    fn name_body(name: &str, tail: &[u8]) -> Vec<u8> {
+        let mut b = (name.len() as u32).to_be_bytes().to_vec();
+        b.extend_from_slice(name.as_bytes());
+        b.extend_from_slice(tail);
+        b
+    }
+
+    /// Option replies after the 18-byte greeting: (option, type, data).
+    fn replies(mut b: &[u8]) -> Vec<(u32, u32, Vec<u8>)> {
+        let mut v = Vec::new();
+        while b.len() >= 20 {
+            let be = |s: &[u8]| u32::from_be_bytes([s[0], s[1], s[2], s[3]]);
+            let (opt, ty, len) = (be(&b[8..]), be(&b[12..]), be(&b[16..]) as usize);
+            v.push((opt, ty, b[20..20 + len].to_vec()));
+            b = &b[20 + len..];
+        }
+        v
+    }
+
+    fn run_handshake(client: Vec<u8>) -> (Option<Session<Mem>>, Vec<u8>) {
+        let mut d = Duplex {
+            input: Cursor::new(client),
+            output: Vec::new(),
+        };
+        let s = block_on(handshake(&mut d, &One, &ServerConfig::default()))
+            .ok()
+            .flatten();
+        (s, d.output)
+    }
+
+    #[test]
+    fn qemu_style_negotiation_gets_extended_headers_and_base_allocation() {
+        let mut c = (FLAG_C_FIXED_NEWSTYLE | FLAG_C_NO_ZEROES)
+            .to_be_bytes()
+            .to_vec();
+        option(&mut c, OPT_STRUCTURED_REPLY, &[]);
+        option(&mut c, OPT_EXTENDED_HEADERS, &[]);
+        option(&mut c, OPT_STRUCTURED_REPLY, &[]);
+        let mut q = name_body("mem", &1u32.to_be_bytes());
+        q.extend_from_slice(&name_body(BASE_ALLOCATION, &[])[..]);
+        option(&mut c, OPT_SET_META_CONTEXT, &q);
+        option(&mut c, OPT_GO, &name_body("nope", &[0, 0]));
+        option(&mut c, OPT_LIST, &[]);
+        option(
+            &mut c,
+            OPT_GO,
+            &name_body("mem", &[0, 1, 0, INFO_NAME as u8]),
+        );
+        let (s, out) = run_handshake(c);
+        let s = s.unwrap();
+        assert_eq!(s.style(), HeaderStyle::Extended);
+        assert!(s.structured() && s.limits.meta_context);
+        assert_eq!(&out[..8], &NBDMAGIC.to_be_bytes());
+        let r = replies(&out[18..]);
+        let types: Vec<(u32, u32)> = r.iter().map(|x| (x.0, x.1)).collect();
+        assert_eq!(
+            types,
+            vec![
+                (OPT_STRUCTURED_REPLY, REP_ACK),
+                (OPT_EXTENDED_HEADERS, REP_ACK),
+                (OPT_STRUCTURED_REPLY, REP_ERR_EXT_HEADER_REQD),
+                (OPT_SET_META_CONTEXT, REP_META_CONTEXT),
+                (OPT_SET_META_CONTEXT, REP_ACK),
+                (OPT_GO, REP_ERR_UNKNOWN),
+                (OPT_LIST, REP_SERVER),
+                (OPT_LIST, REP_ACK),
+                (OPT_GO, REP_INFO),
+                (OPT_GO, REP_INFO),
+                (OPT_GO, REP_INFO),
+                (OPT_GO, REP_ACK),
+            ]
+        );
+        // NBD_INFO_EXPORT: size 65536, flags without CAN_MULTI_CONN (the export said no).
+        let info = &r[8].2;
+        assert_eq!(&info[..2], &INFO_EXPORT.to_be_bytes());
+        assert_eq!(u64::from_be_bytes(info[2..10].try_into().unwrap()), 65536);
+        let tflags = u16::from_be_bytes([info[10], info[11]]);
+        assert_eq!(tflags & FLAG_CAN_MULTI_CONN, 0);
+        assert_ne!(tflags & FLAG_SEND_TRIM, 0);
+    }
+
+    #[test]
+    fn export_name_for_an_unknown_export_closes() {
+        let mut c = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        option(&mut c, OPT_EXPORT_NAME, b"nope");
+        let mut d = Duplex {
+            input: Cursor::new(c),
+            output: Vec::new(),
+        };
+        let r = block_on(handshake(&mut d, &One, &ServerConfig::default()));
+        assert!(matches!(r, Err(ServeError::UnknownExport(_))));
+        assert_eq!(d.output.len(), 18, "nothing but the greeting");
+    }
+
+    fn session(extended: bool, structured: bool) -> Session<Mem> {
+        let mut c = FLAG_C_FIXED_NEWSTYLE.to_be_bytes().to_vec();
+        if extended {
+            option(&mut c, OPT_EXTENDED_HEADERS, &[]);
+        } else if structured {
+            option(&mut c, OPT_STRUCTURED_REPLY, &[]);
+        }
+        if structured {
+            let mut q = name_body("mem", &1u32.to_be_bytes());
+            q.extend_from_slice(&name_body(BASE_ALLOCATION, &[]));
+            option(&mut c, OPT_SET_META_CONTEXT, &q);
+        }
+        option(&mut c, OPT_GO, &name_body("mem", &[0, 0]));
+        run_handshake(c).0.unwrap()
+    }
+
+    fn serve(s: &Session<Mem>, requests: &[Request]) -> Vec<u8> {
+        let mut input = Vec::new();
+        for r in requests {
+            r.encode(&mut input, s.style()).unwrap();
+            if r.kind == Command::Write {
+                input.extend(std::iter::repeat_n(0xee, r.length as usize));
+            }
+        }
+        let d = Duplex {
+            input: Cursor::new(input),
+            output: Vec::new(),
+        };
+        let mut d = d;
+        block_on(transmission(&mut d, s, &ServerConfig::default())).unwrap();
+        d.output
+    }
+
+    fn req(kind: Command, cookie: u64, offset: u64, length: u64, flags: u16) -> Request {
+        Request {
+            flags,
+            kind,
+            cookie,
+            offset,
+            length,
+        }
+    }
+
+    #[test]
+    fn simple_replies_come_back_in_completion_order() {
+        let s = session(false, false);
+        let out = serve(
+            &s,
+            &[
+                req(Command::Read, 1, 0, 16, 0),
+                req(Command::Read, 2, 8192, 16, 0),
+                req(Command::Read, 3, 60 * 1024, 16, 0),
+            ],
+        );
+        // 60 KiB finishes first (an error: no data), then 8 KiB, then 0.
+        let mut b = &out[..];
+        let mut seen = Vec::new();
+        while !b.is_empty() {
+            assert_eq!(&b[..4], &SIMPLE_REPLY_MAGIC.to_be_bytes());
+            let err = u32::from_be_bytes(b[4..8].try_into().unwrap());
+            let cookie = u64::from_be_bytes(b[8..16].try_into().unwrap());
+            b = &b[16..];
+            if err == 0 {
+                let start = (if cookie == 1 { 0 } else { 8192 }) as u8;
+                let want: Vec<u8> = (0..16u8).map(|i| start.wrapping_add(i)).collect();
+                assert_eq!(&b[..16], &want[..]);
+                b = &b[16..];
+            }
+            seen.push((cookie, err));
+        }
+        assert_eq!(seen, vec![(3, EIO), (2, 0), (1, 0)]);
+    }
+
+    #[test]
+    fn structured_and_extended_replies_have_the_right_chunks() {
+        for extended in [false, true] {
+            let s = session(extended, true);
+            let out = serve(
+                &s,
+                &[
+                    req(Command::Write, 9, 0, 4, CMD_FLAG_FUA),
+                    req(Command::BlockStatus, 8, 0, 65536, CMD_FLAG_REQ_ONE),
+                    req(Command::BlockStatus, 7, 0, 65536, 0),
+                    req(Command::Read, 6, 60 * 1024, 8, 0),
+                    req(Command::Read, 5, 0, 8, 0),
+                ],
+            );
+            // Parse chunks: (cookie, type, payload).
+            let mut b = &out[..];
+            let mut chunks = Vec::new();
+            while !b.is_empty() {
+                let magic = u32::from_be_bytes(b[..4].try_into().unwrap());
+                if magic == SIMPLE_REPLY_MAGIC {
+                    assert!(!extended, "simple reply with extended headers");
+                    chunks.push((
+                        u64::from_be_bytes(b[8..16].try_into().unwrap()),
+                        0u16,
+                        vec![],
+                    ));
+                    b = &b[16..];
+                    continue;
+                }
+                let ty = u16::from_be_bytes([b[6], b[7]]);
+                let cookie = u64::from_be_bytes(b[8..16].try_into().unwrap());
+                let (len, hdr) = if extended {
+                    assert_eq!(magic, EXTENDED_REPLY_MAGIC);
+                    (
+                        u64::from_be_bytes(b[24..32].try_into().unwrap()) as usize,
+                        32,
+                    )
+                } else {
+                    assert_eq!(magic, STRUCTURED_REPLY_MAGIC);
+                    (
+                        u32::from_be_bytes(b[16..20].try_into().unwrap()) as usize,
+                        20,
+                    )
+                };
+                assert_ne!(u16::from_be_bytes([b[4], b[5]]) & REPLY_FLAG_DONE, 0);
+                chunks.push((cookie, ty, b[hdr..hdr + len].to_vec()));
+                b = &b[hdr + len..];
+            }
+            chunks.sort_by_key(|c| c.0);
+            let by = |c: u64| chunks.iter().find(|x| x.0 == c).unwrap();
+            // Read at 0 after the write: OFFSET_DATA with the written bytes.
+            assert_eq!(by(5).1, REPLY_TYPE_OFFSET_DATA);
+            assert_eq!(&by(5).2[8..], &[0xee, 0xee, 0xee, 0xee, 4, 5, 6, 7]);
+            assert_eq!(by(6).1, REPLY_TYPE_ERROR);
+            assert_eq!(&by(6).2[..4], &EIO.to_be_bytes());
+            let status_type = if extended {
+                REPLY_TYPE_BLOCK_STATUS_EXT
+            } else {
+                REPLY_TYPE_BLOCK_STATUS
+            };
+            let per = if extended { 16 } else { 8 };
+            let head = if extended { 8 } else { 4 };
+            assert_eq!(by(7).1, status_type);
+            assert_eq!(by(7).2.len(), head + 2 * per, "data then hole");
+            assert_eq!(by(8).2.len(), head + per, "REQ_ONE: one extent");
+            let write_reply = if extended { REPLY_TYPE_NONE } else { 0 };
+            assert_eq!(by(9).1, write_reply);
+        }
+    }
+}
