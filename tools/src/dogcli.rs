@@ -16,8 +16,9 @@ pub const DEFAULT_ADDR: &str = "127.0.0.1";
 pub const DEFAULT_PORT: u16 = 7000;
 /// Sheepdog's default `-c` for `cluster format`.
 pub const DEFAULT_REDUNDANCY: Redundancy = Redundancy::Replicated { copies: 3 };
-/// Virtual nodes per node shown by `cluster info` (fixed until weighting exists).
-pub const VNODES: u32 = 128;
+/// Virtual nodes per node shown by `cluster info`: the ring's count for a node of
+/// average capacity (until the epoch history carries each node's own count).
+pub const VNODES: u64 = collie_placement::ring::DEFAULT_VNODES;
 /// Exit code for a bad command line; every other failure exits with [`EXIT_FAILURE`].
 pub const EXIT_USAGE: u8 = 2;
 pub const EXIT_FAILURE: u8 = 1;
@@ -1161,14 +1162,14 @@ Cluster default redundancy: 3
 Cluster created at Mon May 27 10:50:31 2013
 
 Epoch Time           Version [Host:Port:V-Nodes,,,]
-2013-05-27 10:51:40      2 [127.0.0.1:7000:128, 127.0.0.1:7001:128]
-2013-05-27 10:50:31      1 [127.0.0.1:7000:128]
+2013-05-27 10:51:40      2 [127.0.0.1:7000:4096, 127.0.0.1:7001:4096]
+2013-05-27 10:50:31      1 [127.0.0.1:7000:4096]
 ";
         assert_eq!(format_cluster_info(&ci, false, TimeZone::Utc), want);
         let want_raw = "\
 running, auto-recovery enabled
-1369651900 2 [127.0.0.1:7000:128, 127.0.0.1:7001:128]
-1369651831 1 [127.0.0.1:7000:128]
+1369651900 2 [127.0.0.1:7000:4096, 127.0.0.1:7001:4096]
+1369651831 1 [127.0.0.1:7000:4096]
 ";
         assert_eq!(format_cluster_info(&ci, true, TimeZone::Utc), want_raw);
 
