@@ -326,7 +326,11 @@ fn dog_commands() {
         "{ci}"
     );
     assert!(
-        ci.contains(&format!("[127.0.0.1:{}:128]", sheep.port)),
+        ci.contains(&format!(
+            "[127.0.0.1:{}:{}]",
+            sheep.port,
+            collie_tools::dogcli::VNODES
+        )),
         "{ci}"
     );
     let ci_raw = sheep.dog_ok(&["cluster", "info", "-r"]);
