@@ -229,9 +229,7 @@ where
     let client_flags = parse_client_flags(&cf, HANDSHAKE_FLAGS)?;
     let no_zeroes = client_flags & FLAG_C_NO_ZEROES != 0;
 
-    let mut structured = false;
-    let mut extended = false;
-    let mut meta_context = false;
+    let mut agreed = Agreed::default();
     loop {
         let mut hb = [0u8; OPTION_HEADER_LEN];
         match stream.read_exact(&mut hb).await {
@@ -253,18 +251,10 @@ where
                     // The spec leaves no error reply for EXPORT_NAME: close.
                     return Err(ServeError::UnknownExport(name));
                 };
-                let tflags = transmission_flags(&export, structured);
+                let tflags = transmission_flags(&export, agreed.structured);
                 encode_export_name_reply(&mut out, export.size(), tflags, no_zeroes);
                 send(stream, &out).await?;
-                return Ok(Some(session(
-                    export,
-                    name,
-                    tflags,
-                    cfg,
-                    structured,
-                    extended,
-                    meta_context,
-                )));
+                return Ok(Some(session(export, name, tflags, cfg, agreed)));
             }
             OPT_ABORT => {
                 encode_rep_ack(&mut out, opt);
@@ -287,26 +277,26 @@ where
             OPT_STRUCTURED_REPLY | OPT_EXTENDED_HEADERS if !body.is_empty() => {
                 encode_rep_error(&mut out, opt, REP_ERR_INVALID, "option takes no data")
             }
-            OPT_STRUCTURED_REPLY if extended => encode_rep_error(
+            OPT_STRUCTURED_REPLY if agreed.extended => encode_rep_error(
                 &mut out,
                 opt,
                 REP_ERR_EXT_HEADER_REQD,
                 "extended headers are already on",
             ),
             OPT_STRUCTURED_REPLY => {
-                structured = true;
+                agreed.structured = true;
                 encode_rep_ack(&mut out, opt);
             }
             OPT_EXTENDED_HEADERS => {
-                extended = true;
-                structured = true;
+                agreed.extended = true;
+                agreed.structured = true;
                 encode_rep_ack(&mut out, opt);
             }
             OPT_LIST_META_CONTEXT | OPT_SET_META_CONTEXT => {
                 let set = opt == OPT_SET_META_CONTEXT;
                 match parse_meta_context_request(&body) {
                     Err(e) => encode_rep_error(&mut out, opt, REP_ERR_INVALID, &e.to_string()),
-                    Ok(_) if set && !structured => encode_rep_error(
+                    Ok(_) if set && !agreed.structured => encode_rep_error(
                         &mut out,
                         opt,
                         REP_ERR_INVALID,
@@ -329,7 +319,7 @@ where
                                     )?;
                                 }
                                 if set {
-                                    meta_context = any;
+                                    agreed.meta_context = any;
                                 }
                                 encode_rep_ack(&mut out, opt);
                             }
@@ -352,7 +342,7 @@ where
                         let name = req.export.to_owned();
                         match provider.open(&name).await {
                             Ok(Some(export)) => {
-                                let tflags = transmission_flags(&export, structured);
+                                let tflags = transmission_flags(&export, agreed.structured);
                                 encode_rep_info_export(&mut out, opt, export.size(), tflags);
                                 if req.requests.contains(&INFO_NAME) {
                                     encode_rep_info_name(&mut out, opt, &name)?;
@@ -361,15 +351,7 @@ where
                                 encode_rep_ack(&mut out, opt);
                                 if go {
                                     send(stream, &out).await?;
-                                    return Ok(Some(session(
-                                        export,
-                                        name,
-                                        tflags,
-                                        cfg,
-                                        structured,
-                                        extended,
-                                        meta_context,
-                                    )));
+                                    return Ok(Some(session(export, name, tflags, cfg, agreed)));
                                 }
                             }
                             Ok(None) => encode_rep_error(
@@ -389,18 +371,29 @@ where
     }
 }
 
+/// What the client negotiated before choosing an export.
+#[derive(Clone, Copy, Default)]
+struct Agreed {
+    structured: bool,
+    extended: bool,
+    meta_context: bool,
+}
+
 fn session<E>(
     export: E,
     name: String,
     tflags: u16,
     cfg: &ServerConfig,
-    structured: bool,
-    extended: bool,
-    meta_context: bool,
+    agreed: Agreed,
 ) -> Session<E>
 where
     E: BlockExport,
 {
+    let Agreed {
+        structured,
+        extended,
+        meta_context,
+    } = agreed;
     let limits = ExportLimits {
         size: export.size(),
         min_block: 1,
