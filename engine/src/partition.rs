@@ -20,8 +20,9 @@ use crate::index::{Index, IndexOp, Piece, RecordLoc};
 pub const MAX_IO: u64 = 64 << 20;
 /// Largest object the store accepts.
 pub const MAX_OBJECT_SIZE: u64 = 1 << 30;
-/// Free space (in segments) that client writes leave for compaction and checkpoints.
-const RESERVE_SEGMENTS: u64 = 2;
+/// Free space (in segments) that client writes leave for compaction and checkpoints, on
+/// top of one segment per partition of the store (see `PartitionConfig::reserve_segments`).
+pub const RESERVE_SEGMENTS: u64 = 2;
 /// Batches of one partition in flight at once (written, not yet acknowledged).
 /// Replay relies on it: only this many trailing batches of a log can be torn.
 pub const PIPELINE_DEPTH: usize = 4;
@@ -84,6 +85,10 @@ pub struct PartitionConfig {
     pub checkpoint_every: u64,
     /// A sealed segment whose live bytes fall below this fraction is compacted.
     pub compact_below: f64,
+    /// Segments of free space a write may not use: one per partition of the store, so
+    /// that on a full disk every partition can still open a segment for removes and
+    /// compaction (partitions fill up concurrently), plus `RESERVE_SEGMENTS`.
+    pub reserve_segments: u64,
 }
 
 impl PartitionConfig {
@@ -784,10 +789,11 @@ impl Partition {
         };
         if !use_reserve {
             let (_, avail) = crate::store::fs_space(&self.dir);
-            if avail < RESERVE_SEGMENTS * self.cfg.segment_size {
+            if avail < self.cfg.reserve_segments * self.cfg.segment_size {
                 return Err(StoreError::NoSpace {
                     what: format!(
-                        "a new segment (keeping {RESERVE_SEGMENTS} segments free for compaction)"
+                        "a new segment (keeping {} segments free for compaction)",
+                        self.cfg.reserve_segments
                     ),
                 });
             }

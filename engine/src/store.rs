@@ -303,6 +303,7 @@ impl Store {
             nosync: cfg.nosync,
             checkpoint_every: cfg.checkpoint_every,
             compact_below: cfg.compact_below,
+            reserve_segments: u64::from(sb.partition_count) + crate::partition::RESERVE_SEGMENTS,
         };
         let mesh = (shards > 1).then(|| MeshBuilder::<Msg, _>::full(shards, 256));
         let (ready_tx, ready_rx) = flume::unbounded::<(usize, Result<usize>)>();
