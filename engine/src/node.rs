@@ -227,6 +227,7 @@ impl Node {
                     ctime: r.ctime,
                     default_redundancy: Redundancy::from_wire(r.copies, r.parity)
                         .unwrap_or(Redundancy::Replicated { copies: 1 }),
+                    vnode_bytes: 0,
                 });
                 let epochs = rec
                     .map(|r| EpochEntry {
@@ -236,7 +237,11 @@ impl Node {
                     })
                     .into_iter()
                     .collect();
-                Ok(Response::ClusterInfo(ClusterInfo { formatted, epochs }))
+                Ok(Response::ClusterInfo(ClusterInfo {
+                    formatted,
+                    waiting_for: vec![],
+                    epochs,
+                }))
             }
             Request::ClusterShutdown => Ok(Response::Ok),
             Request::NodeInfo => {
@@ -338,6 +343,10 @@ impl Node {
                 })?;
                 Ok(Response::Ok)
             }
+            other => Err(error(
+                ErrorCode::Invalid,
+                format!("{other:?} needs the cluster (not built yet)"),
+            )),
         }
     }
 

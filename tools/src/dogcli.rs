@@ -1141,7 +1141,9 @@ Note: node 0 runs with -n (nosync): writes are not durable
             formatted: Some(ClusterFormatInfo {
                 ctime: 1_369_651_831,
                 default_redundancy: Redundancy::Replicated { copies: 3 },
+                vnode_bytes: 1 << 20,
             }),
+            waiting_for: vec![],
             epochs: vec![
                 EpochEntry {
                     epoch: 1,
@@ -1175,6 +1177,7 @@ running, auto-recovery enabled
 
         let unformatted = ClusterInfo {
             formatted: None,
+            waiting_for: vec![],
             epochs: vec![],
         };
         assert_eq!(

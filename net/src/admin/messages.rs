@@ -41,6 +41,38 @@ pub enum Request {
         offset: u64,
         data: Vec<u8>,
     },
+    /// The members of the current epoch.
+    NodeList,
+    /// Stop the node with this id (its index in `NodeList`); the others go on.
+    NodeKill {
+        id: u32,
+    },
+    /// Which nodes hold object `index` of a VDI.
+    ObjectLocation {
+        name: String,
+        index: u64,
+    },
+
+    // Between sheep: the node that received a cluster-wide command sends these to
+    // every member (itself included). `dog` has no use for them.
+    /// Write this node's format record (`dog cluster format` on every node).
+    NodeFormat {
+        redundancy: Redundancy,
+        force: bool,
+        ctime: u64,
+        vnode_bytes: u64,
+    },
+    /// This node's own space figures (one entry of `dog node info`).
+    NodeStat,
+    /// This node's copy of an object, if it has one: size and CRC32C of its bytes.
+    ObjectCopy {
+        oid: u64,
+    },
+    /// Stop recording epochs: the cluster is about to shut down as a whole, and the
+    /// members leaving one by one must not look like failures after the restart.
+    EpochFreeze,
+    /// Stop this sheep (after `EpochFreeze` for a cluster shutdown).
+    NodeStop,
 }
 
 /// Why a request failed; `dog` prints the message and exits with a code per kind.
@@ -87,6 +119,9 @@ pub struct EpochEntry {
 pub struct ClusterInfo {
     /// `None` until `dog cluster format`.
     pub formatted: Option<ClusterFormatInfo>,
+    /// Members of the last epoch that are not back yet: the cluster serves no data
+    /// until this is empty (after a restart).
+    pub waiting_for: Vec<String>,
     pub epochs: Vec<EpochEntry>,
 }
 
@@ -95,6 +130,39 @@ pub struct ClusterFormatInfo {
     /// Unix seconds.
     pub ctime: u64,
     pub default_redundancy: Redundancy,
+    /// Ring bytes per vnode, fixed at format.
+    pub vnode_bytes: u64,
+}
+
+/// One member, as `dog node list` shows it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeEntry {
+    pub id: u32,
+    pub addr: String,
+    pub zone: u32,
+    pub vnodes: u32,
+    pub nbd_port: u16,
+}
+
+/// One node's copy of an object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CopyInfo {
+    pub addr: String,
+    pub zone: u32,
+    /// Bytes of data the copy holds (holes excluded).
+    pub used: u64,
+    /// CRC32C of the whole object as it reads (holes as zeros).
+    pub crc: u32,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ObjectLocation {
+    pub oid: u64,
+    pub redundancy: Redundancy,
+    /// Where placement puts the copies at this epoch, in order.
+    pub targets: Vec<String>,
+    /// Every node that holds a copy, whether placement wants it there or not.
+    pub copies: Vec<CopyInfo>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -137,12 +205,19 @@ pub struct VdiInfo {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Response {
     Ok,
-    Error { code: ErrorCode, message: String },
+    Error {
+        code: ErrorCode,
+        message: String,
+    },
     ClusterInfo(ClusterInfo),
     NodeInfo(NodeInfo),
     Vdi(VdiInfo),
     VdiList(Vec<VdiInfo>),
     Data(Vec<u8>),
+    Nodes(Vec<NodeEntry>),
+    Location(ObjectLocation),
+    /// Answer to `ObjectCopy`: `None` when the node has no copy.
+    Copy(Option<CopyInfo>),
 }
 
 mod op {
@@ -156,6 +231,14 @@ mod op {
     pub const VDI_RESIZE: u16 = 0x13;
     pub const VDI_READ: u16 = 0x14;
     pub const VDI_WRITE: u16 = 0x15;
+    pub const NODE_LIST: u16 = 0x05;
+    pub const NODE_KILL: u16 = 0x06;
+    pub const OBJECT_LOCATION: u16 = 0x16;
+    pub const NODE_FORMAT: u16 = 0x40;
+    pub const NODE_STAT: u16 = 0x41;
+    pub const OBJECT_COPY: u16 = 0x42;
+    pub const EPOCH_FREEZE: u16 = 0x43;
+    pub const NODE_STOP: u16 = 0x44;
 
     pub const R_OK: u16 = 0x81;
     pub const R_ERROR: u16 = 0x82;
@@ -164,6 +247,9 @@ mod op {
     pub const R_VDI: u16 = 0x85;
     pub const R_VDI_LIST: u16 = 0x86;
     pub const R_DATA: u16 = 0x87;
+    pub const R_NODES: u16 = 0x88;
+    pub const R_LOCATION: u16 = 0x89;
+    pub const R_COPY: u16 = 0x8a;
 }
 
 fn redundancy(d: &mut Dec<'_>) -> Result<Redundancy> {
@@ -186,7 +272,8 @@ impl Request {
             | Request::VdiDelete { name }
             | Request::VdiResize { name, .. }
             | Request::VdiRead { name, .. }
-            | Request::VdiWrite { name, .. } => name.as_str(),
+            | Request::VdiWrite { name, .. }
+            | Request::ObjectLocation { name, .. } => name.as_str(),
             _ => "",
         };
         if name.len() > MAX_NAME {
@@ -252,6 +339,32 @@ impl Request {
                 e.str(name).u64(*offset).bytes(data);
                 op::VDI_WRITE
             }
+            Request::NodeList => op::NODE_LIST,
+            Request::NodeKill { id } => {
+                e.u32(*id);
+                op::NODE_KILL
+            }
+            Request::ObjectLocation { name, index } => {
+                e.str(name).u64(*index);
+                op::OBJECT_LOCATION
+            }
+            Request::NodeFormat {
+                redundancy,
+                force,
+                ctime,
+                vnode_bytes,
+            } => {
+                put_redundancy(&mut e, *redundancy);
+                e.bool(*force).u64(*ctime).u64(*vnode_bytes);
+                op::NODE_FORMAT
+            }
+            Request::NodeStat => op::NODE_STAT,
+            Request::ObjectCopy { oid } => {
+                e.u64(*oid);
+                op::OBJECT_COPY
+            }
+            Request::EpochFreeze => op::EPOCH_FREEZE,
+            Request::NodeStop => op::NODE_STOP,
         };
         (code, e.0)
     }
@@ -293,6 +406,24 @@ impl Request {
                 offset: d.u64("offset")?,
                 data: d.bytes(MAX_DATA as usize, "data")?.to_vec(),
             },
+            op::NODE_LIST => Request::NodeList,
+            op::NODE_KILL => Request::NodeKill {
+                id: d.u32("node id")?,
+            },
+            op::OBJECT_LOCATION => Request::ObjectLocation {
+                name: d.str(MAX_NAME, "vdi name")?,
+                index: d.u64("object index")?,
+            },
+            op::NODE_FORMAT => Request::NodeFormat {
+                redundancy: redundancy(&mut d)?,
+                force: d.bool("force")?,
+                ctime: d.u64("ctime")?,
+                vnode_bytes: d.u64("vnode bytes")?,
+            },
+            op::NODE_STAT => Request::NodeStat,
+            op::OBJECT_COPY => Request::ObjectCopy { oid: d.u64("oid")? },
+            op::EPOCH_FREEZE => Request::EpochFreeze,
+            op::NODE_STOP => Request::NodeStop,
             other => return Err(AdminError::UnknownOpcode(other)),
         };
         d.finish()?;
@@ -325,10 +456,25 @@ fn vdi(d: &mut Dec<'_>) -> Result<VdiInfo> {
     })
 }
 
+fn put_copy(e: &mut Enc, c: &CopyInfo) {
+    e.str(&c.addr).u32(c.zone).u64(c.used).u32(c.crc);
+}
+
+fn copy(d: &mut Dec<'_>) -> Result<CopyInfo> {
+    Ok(CopyInfo {
+        addr: d.str(MAX_NAME, "node address")?,
+        zone: d.u32("zone")?,
+        used: d.u64("used")?,
+        crc: d.u32("crc")?,
+    })
+}
+
 /// Smallest encoding of one list entry, so counts can be checked against the body.
 const MIN_VDI: usize = 4 + 4 + 8 * 4 + 2 + 4 + 4;
 const MIN_NODE: usize = 4 + 4 + 4 + 16 + 1;
 const MIN_EPOCH: usize = 4 + 8 + 4;
+const MIN_NODE_ENTRY: usize = 4 + 4 + 4 + 4 + 4;
+const MIN_COPY: usize = 4 + 4 + 8 + 4;
 
 impl Response {
     /// Opcode, status and body.
@@ -353,10 +499,15 @@ impl Response {
                     Some(f) => {
                         e.bool(true).u64(f.ctime);
                         put_redundancy(&mut e, f.default_redundancy);
+                        e.u64(f.vnode_bytes);
                     }
                     None => {
                         e.bool(false);
                     }
+                }
+                e.u32(ci.waiting_for.len() as u32);
+                for n in &ci.waiting_for {
+                    e.str(n);
                 }
                 e.u32(ci.epochs.len() as u32);
                 for ep in &ci.epochs {
@@ -395,6 +546,42 @@ impl Response {
                 e.bytes(data);
                 (op::R_DATA, 0)
             }
+            Response::Nodes(list) => {
+                e.u32(list.len() as u32);
+                for n in list {
+                    e.u32(n.id)
+                        .str(&n.addr)
+                        .u32(n.zone)
+                        .u32(n.vnodes)
+                        .u32(u32::from(n.nbd_port));
+                }
+                (op::R_NODES, 0)
+            }
+            Response::Location(l) => {
+                e.u64(l.oid);
+                put_redundancy(&mut e, l.redundancy);
+                e.u32(l.targets.len() as u32);
+                for t in &l.targets {
+                    e.str(t);
+                }
+                e.u32(l.copies.len() as u32);
+                for c in &l.copies {
+                    put_copy(&mut e, c);
+                }
+                (op::R_LOCATION, 0)
+            }
+            Response::Copy(c) => {
+                match c {
+                    Some(c) => {
+                        e.bool(true);
+                        put_copy(&mut e, c);
+                    }
+                    None => {
+                        e.bool(false);
+                    }
+                }
+                (op::R_COPY, 0)
+            }
         };
         (code, status, e.0)
     }
@@ -412,10 +599,16 @@ impl Response {
                     Some(ClusterFormatInfo {
                         ctime: d.u64("ctime")?,
                         default_redundancy: redundancy(&mut d)?,
+                        vnode_bytes: d.u64("vnode bytes")?,
                     })
                 } else {
                     None
                 };
+                let w = d.count(4, "waiting nodes")?;
+                let mut waiting_for = Vec::with_capacity(w);
+                for _ in 0..w {
+                    waiting_for.push(d.str(MAX_NAME, "node address")?);
+                }
                 let n = d.count(MIN_EPOCH, "epochs")?;
                 let mut epochs = Vec::with_capacity(n);
                 for _ in 0..n {
@@ -428,7 +621,11 @@ impl Response {
                     }
                     epochs.push(EpochEntry { epoch, time, nodes });
                 }
-                Response::ClusterInfo(ClusterInfo { formatted, epochs })
+                Response::ClusterInfo(ClusterInfo {
+                    formatted,
+                    waiting_for,
+                    epochs,
+                })
             }
             op::R_NODE_INFO => {
                 let n = d.count(MIN_NODE, "nodes")?;
@@ -458,6 +655,46 @@ impl Response {
                 Response::VdiList(list)
             }
             op::R_DATA => Response::Data(d.bytes(MAX_DATA as usize, "data")?.to_vec()),
+            op::R_NODES => {
+                let n = d.count(MIN_NODE_ENTRY, "nodes")?;
+                let mut list = Vec::with_capacity(n);
+                for _ in 0..n {
+                    list.push(NodeEntry {
+                        id: d.u32("node id")?,
+                        addr: d.str(MAX_NAME, "node address")?,
+                        zone: d.u32("zone")?,
+                        vnodes: d.u32("vnodes")?,
+                        nbd_port: u16::try_from(d.u32("nbd port")?)
+                            .map_err(|_| AdminError::Malformed("nbd port out of range".into()))?,
+                    });
+                }
+                Response::Nodes(list)
+            }
+            op::R_LOCATION => {
+                let oid = d.u64("oid")?;
+                let redundancy = redundancy(&mut d)?;
+                let n = d.count(4, "targets")?;
+                let mut targets = Vec::with_capacity(n);
+                for _ in 0..n {
+                    targets.push(d.str(MAX_NAME, "node address")?);
+                }
+                let n = d.count(MIN_COPY, "copies")?;
+                let mut copies = Vec::with_capacity(n);
+                for _ in 0..n {
+                    copies.push(copy(&mut d)?);
+                }
+                Response::Location(ObjectLocation {
+                    oid,
+                    redundancy,
+                    targets,
+                    copies,
+                })
+            }
+            op::R_COPY => Response::Copy(if d.bool("has copy")? {
+                Some(copy(&mut d)?)
+            } else {
+                None
+            }),
             other => return Err(AdminError::UnknownOpcode(other)),
         };
         d.finish()?;

@@ -18,6 +18,15 @@ fn round_trip_response(r: Response) {
     assert_eq!(Response::decode(&h, &b).unwrap(), r);
 }
 
+fn copy_info() -> CopyInfo {
+    CopyInfo {
+        addr: "127.0.0.1:7002".into(),
+        zone: 2,
+        used: 4 << 20,
+        crc: 0xdead_beef,
+    }
+}
+
 fn vdi_info() -> VdiInfo {
     VdiInfo {
         name: "replica".into(),
@@ -72,6 +81,26 @@ fn every_message_round_trips() {
         round_trip_request(r);
     }
     for r in [
+        Request::NodeList,
+        Request::NodeKill { id: 3 },
+        Request::ObjectLocation {
+            name: "replica".into(),
+            index: 7,
+        },
+        Request::NodeFormat {
+            redundancy: Redundancy::Erasure { data: 4, parity: 2 },
+            force: true,
+            ctime: 9,
+            vnode_bytes: 1 << 30,
+        },
+        Request::NodeStat,
+        Request::ObjectCopy { oid: 42 },
+        Request::EpochFreeze,
+        Request::NodeStop,
+    ] {
+        round_trip_request(r);
+    }
+    for r in [
         Response::Ok,
         Response::Error {
             code: ErrorCode::NoVdi,
@@ -81,7 +110,9 @@ fn every_message_round_trips() {
             formatted: Some(ClusterFormatInfo {
                 ctime: 5,
                 default_redundancy: Redundancy::Replicated { copies: 3 },
+                vnode_bytes: 1 << 20,
             }),
+            waiting_for: vec!["127.0.0.1:7003".into()],
             epochs: vec![EpochEntry {
                 epoch: 1,
                 time: 5,
@@ -90,6 +121,7 @@ fn every_message_round_trips() {
         }),
         Response::ClusterInfo(ClusterInfo {
             formatted: None,
+            waiting_for: vec![],
             epochs: vec![],
         }),
         Response::NodeInfo(NodeInfo {
@@ -106,6 +138,21 @@ fn every_message_round_trips() {
         Response::Vdi(vdi_info()),
         Response::VdiList(vec![vdi_info(), vdi_info()]),
         Response::Data(vec![0; 4096]),
+        Response::Nodes(vec![NodeEntry {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+            zone: 1,
+            vnodes: 4096,
+            nbd_port: 10810,
+        }]),
+        Response::Location(ObjectLocation {
+            oid: 1 << 40,
+            redundancy: Redundancy::Replicated { copies: 3 },
+            targets: vec!["127.0.0.1:7001".into(), "127.0.0.1:7004".into()],
+            copies: vec![copy_info()],
+        }),
+        Response::Copy(Some(copy_info())),
+        Response::Copy(None),
     ] {
         round_trip_response(r);
     }

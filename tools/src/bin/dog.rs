@@ -129,6 +129,9 @@ fn unexpected(r: &Response) -> Fail {
         Response::Vdi(_) => "one VDI",
         Response::VdiList(_) => "a VDI list",
         Response::Data(_) => "data",
+        Response::Nodes(_) => "a node list",
+        Response::Location(_) => "an object location",
+        Response::Copy(_) => "an object copy",
     };
     Fail::Msg(format!(
         "unexpected answer from sheep ({kind}); are dog and sheep the same version?"
