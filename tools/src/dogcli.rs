@@ -7,7 +7,7 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 
 use collie_net::admin::MAX_NAME;
-use collie_net::admin::{AdminError, ClusterInfo, NodeInfo, VdiInfo};
+use collie_net::admin::{AdminError, ClusterInfo, NodeEntry, NodeInfo, ObjectLocation, VdiInfo};
 use collie_placement::Redundancy;
 
 use crate::units::{format_size, parse_size};
@@ -37,6 +37,13 @@ pub enum Command {
     NodeInfo {
         raw: bool,
     },
+    NodeList {
+        raw: bool,
+    },
+    /// Stop the node with this id (its `Id` in `node list`).
+    NodeKill {
+        id: u32,
+    },
     VdiCreate {
         name: String,
         size: u64,
@@ -64,6 +71,12 @@ pub enum Command {
         name: String,
         offset: u64,
         len: Option<u64>,
+    },
+    /// `vdi object location`: which nodes hold object `index` of the VDI.
+    VdiObjectLocation {
+        name: String,
+        index: u64,
+        raw: bool,
     },
 }
 
@@ -141,6 +154,7 @@ const GLOBAL_OPTS: [Opt; 3] = [Opt::Address, Opt::Port, Opt::Help];
 
 struct CmdSpec {
     group: &'static str,
+    /// One word, or several for a deeper command (`object location`).
     name: &'static str,
     opts: &'static [Opt],
     /// Positional arguments; `[X]` marks optional ones.
@@ -152,17 +166,20 @@ struct CmdSpec {
 
 /// Sheepdog's command tree, the part Collie implements.
 #[rustfmt::skip]
-const COMMANDS: [CmdSpec; 10] = [
+const COMMANDS: [CmdSpec; 13] = [
     cmd("cluster", "format", &[Opt::Copies, Opt::Force], "", 0, 0, "format the cluster (default redundancy: 3 copies)"),
     cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, creation time and epoch history"),
     cmd("cluster", "shutdown", &[], "", 0, 0, "stop every sheep cleanly"),
+    cmd("node", "list", &[Opt::Raw], "", 0, 0, "list the nodes of the cluster"),
     cmd("node", "info", &[Opt::Raw], "", 0, 0, "show each node's disk use"),
+    cmd("node", "kill", &[], "ID", 1, 1, "stop the node with this Id (see 'dog node list')"),
     cmd("vdi", "create", &[Opt::Copies], "NAME SIZE", 2, 2, "create a VDI (SIZE like 20G)"),
     cmd("vdi", "list", &[Opt::Raw], "[NAME]", 0, 1, "list VDIs"),
     cmd("vdi", "delete", &[], "NAME", 1, 1, "delete a VDI and its data"),
     cmd("vdi", "resize", &[], "NAME SIZE", 2, 2, "change a VDI's size"),
     cmd("vdi", "read", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy LEN bytes (default: to the end) of a VDI to stdout"),
     cmd("vdi", "write", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy stdin (LEN bytes, default: until EOF) into a VDI"),
+    cmd("vdi", "object location", &[Opt::Raw], "NAME INDEX", 2, 2, "show which nodes hold object INDEX (0, 1, ...) of a VDI"),
 ];
 
 const fn cmd(
@@ -182,6 +199,41 @@ const fn cmd(
         min_args,
         max_args,
         about,
+    }
+}
+
+/// The command of `group` whose words `words` starts with (the longest, should one
+/// command's name begin another's).
+fn find_command(group: &str, words: &[&str]) -> Result<&'static CmdSpec, UsageError> {
+    let in_group = || COMMANDS.iter().filter(move |c| c.group == group);
+    let found = in_group()
+        .filter(|c| {
+            let n = c.name.split(' ').count();
+            n <= words.len() && c.name.split(' ').zip(words).all(|(w, a)| w == *a)
+        })
+        .max_by_key(|c| c.name.len());
+    if let Some(spec) = found {
+        return Ok(spec);
+    }
+    let usage = || short_usage(Some(group));
+    let Some(&first) = words.first() else {
+        return Err(usage_err(format!("'{group}' needs a subcommand"), usage()));
+    };
+    // `vdi object` alone, or `vdi object frob`: the first word opens deeper commands.
+    let opens_deeper = in_group().any(|c| c.name.split_once(' ').map(|(w, _)| w) == Some(first));
+    match words.get(1) {
+        None if opens_deeper => Err(usage_err(
+            format!("'{group} {first}' needs a subcommand"),
+            usage(),
+        )),
+        Some(second) if opens_deeper => Err(usage_err(
+            format!("unknown command '{group} {first} {second}'"),
+            usage(),
+        )),
+        _ => Err(usage_err(
+            format!("unknown command '{group} {first}'"),
+            usage(),
+        )),
     }
 }
 
@@ -366,18 +418,9 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
             short_usage(None),
         ));
     }
-    let Some((&name, args)) = rest.split_first() else {
-        return Err(usage_err(
-            format!("'{group}' needs a subcommand"),
-            short_usage(Some(group)),
-        ));
-    };
-    let Some(spec) = COMMANDS.iter().find(|c| c.group == group && c.name == name) else {
-        return Err(usage_err(
-            format!("unknown command '{group} {name}'"),
-            short_usage(Some(group)),
-        ));
-    };
+    let spec = find_command(group, rest)?;
+    let name = spec.name;
+    let args = &rest[spec.name.split(' ').count()..];
     let cmd_err = |message: String| usage_err(message, command_usage(spec));
     if args.len() < spec.min_args {
         return Err(cmd_err(format!("'{group} {name}' needs more arguments")));
@@ -436,6 +479,15 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
         Ok(n.to_string())
     };
     let size = |i: usize| parse_size(args[i]).map_err(cmd_err);
+    let number = |i: usize, what: &str, hint: &str| -> Result<u64, UsageError> {
+        let s = args[i];
+        match s.parse::<u64>() {
+            Ok(n) if s.bytes().all(|b| b.is_ascii_digit()) => Ok(n),
+            _ => Err(cmd_err(format!(
+                "invalid {what} '{s}': expected a whole number{hint}"
+            ))),
+        }
+    };
     let opt_size = |i: usize| {
         args.get(i)
             .map(|s| parse_size(s).map_err(cmd_err))
@@ -450,6 +502,14 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
         ("cluster", "info") => Command::ClusterInfo { raw: seen.raw },
         ("cluster", "shutdown") => Command::ClusterShutdown,
         ("node", "info") => Command::NodeInfo { raw: seen.raw },
+        ("node", "list") => Command::NodeList { raw: seen.raw },
+        ("node", "kill") => {
+            let id = number(0, "node id", " (see 'dog node list')")?;
+            Command::NodeKill {
+                id: u32::try_from(id)
+                    .map_err(|_| cmd_err(format!("invalid node id '{id}': no such node")))?,
+            }
+        }
         ("vdi", "create") => Command::VdiCreate {
             name: vdi_name(0)?,
             size: size(1)?,
@@ -477,6 +537,11 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
             name: vdi_name(0)?,
             offset: opt_size(1)?.unwrap_or(0),
             len: opt_size(2)?,
+        },
+        ("vdi", "object location") => Command::VdiObjectLocation {
+            name: vdi_name(0)?,
+            index: number(1, "object index", " (0 is the VDI's first object)")?,
+            raw: seen.raw,
         },
         _ => {
             return Err(usage_err(
@@ -526,14 +591,32 @@ pub fn format_time(secs: u64, fmt: &CStr, tz: TimeZone) -> String {
 /// `dog cluster info`: status, then (once formatted) the creation time and the epoch
 /// history, newest first, as Sheepdog prints them. Raw output drops the labels and
 /// prints unix seconds.
+///
+/// After a restart the cluster serves nothing until every member of the last epoch is
+/// back: the status says so and the members still missing follow it, as
+/// `Waiting for nodes: A, B` (raw: one `waiting ADDR` line each, before the epochs).
 pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String {
     let mut out = String::new();
     let label = if raw { "" } else { "Cluster status: " };
+    if !ci.waiting_for.is_empty() {
+        writeln!(out, "{label}Waiting for other nodes to join cluster").ok();
+        if raw {
+            for n in &ci.waiting_for {
+                writeln!(out, "waiting {}", escape(n)).ok();
+            }
+        } else {
+            writeln!(out, "Waiting for nodes: {}", ci.waiting_for.join(", ")).ok();
+        }
+    }
     let Some(f) = &ci.formatted else {
-        writeln!(out, "{label}Waiting for cluster to be formatted").ok();
+        if ci.waiting_for.is_empty() {
+            writeln!(out, "{label}Waiting for cluster to be formatted").ok();
+        }
         return out;
     };
-    writeln!(out, "{label}running, auto-recovery enabled").ok();
+    if ci.waiting_for.is_empty() {
+        writeln!(out, "{label}running").ok();
+    }
     if !raw {
         writeln!(out, "Cluster default redundancy: {}", f.default_redundancy).ok();
         writeln!(
@@ -559,6 +642,107 @@ pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String 
     out
 }
 
+/// The header `dog node list` prints above its rows (not in raw mode).
+pub const NODE_LIST_HEADER: &str = "  Id   Host:Port         V-Nodes       Zone\n";
+
+/// `dog node list`: the members of the current epoch by id, in Sheepdog's columns
+/// (`%4d   %-20s\t%2d%11u`). Raw lines are `ID ADDR VNODES ZONE NBD_PORT`: Sheepdog's
+/// four fields, then the port that serves the node's VDIs over NBD.
+pub fn format_node_list(nodes: &[NodeEntry], raw: bool) -> String {
+    let mut rows: Vec<&NodeEntry> = nodes.iter().collect();
+    rows.sort_by_key(|n| n.id);
+    let mut out = String::new();
+    if !raw {
+        out.push_str(NODE_LIST_HEADER);
+    }
+    for n in rows {
+        if raw {
+            writeln!(
+                out,
+                "{} {} {} {} {}",
+                n.id,
+                escape(&n.addr),
+                n.vnodes,
+                n.zone,
+                n.nbd_port
+            )
+        } else {
+            writeln!(
+                out,
+                "{:4}   {:<20}\t{:2}{:11}",
+                n.id, n.addr, n.vnodes, n.zone
+            )
+        }
+        .ok();
+    }
+    out
+}
+
+/// The line `dog vdi object location` prints for an object no node holds.
+pub fn object_not_written(oid: u64) -> String {
+    format!("object 0x{oid:016x} is not written yet (reads as zeros)\n")
+}
+
+/// `dog vdi object location`: Sheepdog's `Looking for the object ...` line, then each
+/// placement target in order with whether it has its copy (or fragment), then the
+/// copies found on nodes placement does not choose. `nodes` is the size of the cluster.
+///
+/// Raw output is one line per copy, targets first in placement order:
+/// `ADDR ZONE USED CRC target|misplaced`, USED in bytes and CRC (CRC32C of the copy as
+/// it reads) as 8 hex digits; nothing at all when no node holds the object.
+pub fn format_object_location(loc: &ObjectLocation, nodes: usize, raw: bool) -> String {
+    let mut out = String::new();
+    let is_target = |addr: &str| loc.targets.iter().any(|t| t == addr);
+    if raw {
+        let placed = loc
+            .targets
+            .iter()
+            .flat_map(|t| loc.copies.iter().filter(move |c| &c.addr == t));
+        let misplaced = loc.copies.iter().filter(|c| !is_target(&c.addr));
+        for (c, kind) in placed
+            .map(|c| (c, "target"))
+            .chain(misplaced.map(|c| (c, "misplaced")))
+        {
+            writeln!(
+                out,
+                "{} {} {} {:08x} {kind}",
+                escape(&c.addr),
+                c.zone,
+                c.used,
+                c.crc
+            )
+            .ok();
+        }
+        return out;
+    }
+    if loc.copies.is_empty() {
+        return object_not_written(loc.oid);
+    }
+    let vid = (loc.oid >> 32) as u32 & collie_placement::ids::MAX_VID;
+    let idx = loc.oid as u32;
+    let redundancy = match loc.redundancy {
+        Redundancy::Replicated { copies } => format!("{copies} copies"),
+        Redundancy::Erasure { data, parity } => format!("{data}:{parity} fragments"),
+    };
+    writeln!(
+        out,
+        "Looking for the object 0x{:016x} (vid 0x{vid:x} idx {idx}, {redundancy}) with {nodes} nodes\n",
+        loc.oid
+    )
+    .ok();
+    for t in &loc.targets {
+        if loc.copies.iter().any(|c| &c.addr == t) {
+            writeln!(out, "  {t} has the object").ok();
+        } else {
+            writeln!(out, "  {t} should have the object but doesn't").ok();
+        }
+    }
+    for c in loc.copies.iter().filter(|c| !is_target(&c.addr)) {
+        writeln!(out, "  {} has a misplaced copy", c.addr).ok();
+    }
+    out
+}
+
 fn percent(used: u64, size: u64) -> u64 {
     if size == 0 {
         0
@@ -569,9 +753,9 @@ fn percent(used: u64, size: u64) -> u64 {
 
 /// One warning line per node started with `-n`.
 pub fn nosync_notes(ni: &NodeInfo) -> Vec<String> {
-    ni.nodes
-        .iter()
-        .filter(|n| n.nosync)
+    let mut rows: Vec<_> = ni.nodes.iter().filter(|n| n.nosync).collect();
+    rows.sort_by_key(|n| n.id);
+    rows.into_iter()
         .map(|n| {
             format!(
                 "Note: node {} runs with -n (nosync): writes are not durable",
@@ -581,17 +765,20 @@ pub fn nosync_notes(ni: &NodeInfo) -> Vec<String> {
         .collect()
 }
 
-/// `dog node info`: per node and total Size (used + avail), Used, Avail and Use%, then
-/// the total virtual size of all VDIs, in Sheepdog's tab-separated layout. Raw output
-/// prints bytes separated by spaces and leaves the nosync notes to the caller (stderr).
+/// `dog node info`: per node (by id) and total Size (used + avail), Used, Avail and
+/// Use% (rounded down), then the total virtual size of all VDIs, in Sheepdog's
+/// tab-separated layout. Raw output prints bytes separated by spaces and leaves the
+/// nosync notes to the caller (stderr).
 pub fn format_node_info(ni: &NodeInfo, raw: bool) -> String {
     let size_str = |n: u64| if raw { n.to_string() } else { format_size(n) };
     let mut out = String::new();
     if !raw {
         out.push_str("Id\tSize\tUsed\tAvail\tUse%\n");
     }
+    let mut rows: Vec<_> = ni.nodes.iter().collect();
+    rows.sort_by_key(|n| n.id);
     let (mut total_used, mut total_avail) = (0u64, 0u64);
-    for n in &ni.nodes {
+    for n in rows {
         let size = n.used.saturating_add(n.avail);
         let pct = percent(n.used, size);
         let (s, u, a) = (size_str(size), size_str(n.used), size_str(n.avail));
@@ -768,7 +955,7 @@ mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
 
     use super::*;
-    use collie_net::admin::{ClusterFormatInfo, EpochEntry, NodeStat};
+    use collie_net::admin::{ClusterFormatInfo, CopyInfo, EpochEntry, NodeStat};
 
     const G: u64 = 1 << 30;
     const M: u64 = 1 << 20;
@@ -805,9 +992,18 @@ mod tests {
         }
         for c in &COMMANDS {
             assert!(c.min_args <= c.max_args);
-            let mut line = vec![c.group, c.name];
-            let filler = ["n", "1G", "0"];
-            line.extend(&filler[..c.min_args]);
+            let mut line = vec![c.group];
+            line.extend(c.name.split(' '));
+            // A valid value for each required placeholder.
+            let args = c.args.split_whitespace().filter(|a| !a.starts_with('['));
+            let filler = args.map(|a| match a {
+                "NAME" => "n",
+                "SIZE" => "1G",
+                "ID" | "INDEX" => "0",
+                other => panic!("no sample value for {other}"),
+            });
+            line.extend(filler);
+            assert_eq!(line.len(), 1 + c.name.split(' ').count() + c.min_args);
             assert!(matches!(parse_args(&line), Ok(Parsed::Run(_))), "{line:?}");
         }
     }
@@ -888,6 +1084,53 @@ mod tests {
                 name: "x".into(),
                 offset: 512,
                 len: None
+            }
+        );
+    }
+
+    #[test]
+    fn parses_node_and_object_commands() {
+        assert_eq!(cmd(&["node", "list"]), Command::NodeList { raw: false });
+        assert_eq!(
+            cmd(&["-r", "node", "list"]),
+            Command::NodeList { raw: true }
+        );
+        assert_eq!(cmd(&["node", "kill", "2"]), Command::NodeKill { id: 2 });
+        assert_eq!(cmd(&["node", "kill", "007"]), Command::NodeKill { id: 7 });
+        assert_eq!(
+            cmd(&["vdi", "object", "location", "erasure", "3"]),
+            Command::VdiObjectLocation {
+                name: "erasure".into(),
+                index: 3,
+                raw: false
+            }
+        );
+        // Options anywhere, even between the command's words.
+        let inv = run(&[
+            "vdi", "object", "-r", "location", "-p", "7003", "--", "-odd", "0",
+        ]);
+        assert_eq!(inv.port, 7003);
+        assert_eq!(
+            inv.command,
+            Command::VdiObjectLocation {
+                name: "-odd".into(),
+                index: 0,
+                raw: true
+            }
+        );
+        // The command's words are consumed first: a VDI may be called "location".
+        assert_eq!(
+            cmd(&[
+                "vdi",
+                "object",
+                "location",
+                "location",
+                "18446744073709551615"
+            ]),
+            Command::VdiObjectLocation {
+                name: "location".into(),
+                index: u64::MAX,
+                raw: false
             }
         );
     }
@@ -992,6 +1235,49 @@ mod tests {
             (&["-x", "node", "info"], "unknown option '-x'"),
             (&["--bogus", "node", "info"], "unknown option '--bogus'"),
             (&["vdi", "delete", ""], "empty VDI name"),
+            (&["node", "list", "x"], "too many arguments for 'node list'"),
+            (&["node", "list", "-c", "2"], "-c/--copies does not apply"),
+            (&["node", "kill"], "'node kill' needs more arguments"),
+            (&["node", "kill", "1", "2"], "too many arguments"),
+            (&["node", "kill", "-r", "1"], "-r/--raw does not apply"),
+            (
+                &["node", "kill", "x"],
+                "invalid node id 'x': expected a whole number",
+            ),
+            (&["node", "kill", "+1"], "invalid node id '+1'"),
+            (&["node", "kill", "1.0"], "invalid node id '1.0'"),
+            (
+                &["node", "kill", "4294967296"],
+                "invalid node id '4294967296'",
+            ),
+            (&["node", "kill", "-1"], "unknown option '-1'"),
+            (&["node", "frob"], "unknown command 'node frob'"),
+            (&["vdi", "object"], "'vdi object' needs a subcommand"),
+            (
+                &["vdi", "object", "frob"],
+                "unknown command 'vdi object frob'",
+            ),
+            (
+                &["vdi", "object", "location", "x"],
+                "'vdi object location' needs more arguments",
+            ),
+            (
+                &["vdi", "object", "location", "x", "1", "2"],
+                "too many arguments for 'vdi object location': '2'",
+            ),
+            (
+                &["vdi", "object", "location", "x", "4M"],
+                "invalid object index '4M'",
+            ),
+            (&["vdi", "object", "location", "", "0"], "empty VDI name"),
+            (
+                &["vdi", "object", "location", "-c", "3", "x", "0"],
+                "-c/--copies does not apply to 'vdi object location'",
+            ),
+            (
+                &["vdi", "location", "x", "0"],
+                "unknown command 'vdi location'",
+            ),
         ];
         for (line, want) in cases {
             let e = usage_error(line);
@@ -1017,6 +1303,30 @@ mod tests {
         assert!(usage_error(&[])
             .usage
             .contains("dog vdi write NAME [OFFSET [LEN]]"));
+        let e = usage_error(&["node"]);
+        assert_eq!(
+            e.usage,
+            "usage:\n  dog node list [-r]\n  dog node info [-r]\n  dog node kill ID\n\
+             run 'dog -h' for options\n"
+        );
+        let e = usage_error(&["node", "kill", "x"]);
+        assert_eq!(e.usage, "usage: dog node kill ID\n");
+        let e = usage_error(&["vdi", "object", "location"]);
+        assert_eq!(e.usage, "usage: dog vdi object location [-r] NAME INDEX\n");
+        let e = usage_error(&["vdi", "object"]);
+        assert!(
+            e.usage
+                .contains("  dog vdi object location [-r] NAME INDEX\n"),
+            "{e:?}"
+        );
+        let help = help_text();
+        for line in [
+            "dog node list [-r]",
+            "dog node kill ID",
+            "dog vdi object location [-r] NAME INDEX",
+        ] {
+            assert!(help.contains(line), "{line}: {help}");
+        }
     }
 
     fn vdi(name: &str, vid: u32, size: u64, used: u64, snap_id: u32, r: &str) -> VdiInfo {
@@ -1136,6 +1446,207 @@ Note: node 0 runs with -n (nosync): writes are not durable
     }
 
     #[test]
+    fn node_info_for_three_nodes_sums_and_rounds_down() {
+        // Rows come out by id whatever order the sheep sends them in.
+        let ni = NodeInfo {
+            nodes: vec![
+                node(2, 3 * G, 7 * G, false),
+                node(0, G, 2 * G, false),
+                node(1, 0, 5 * G, false),
+            ],
+            vdi_total: 40 * G + 512 * M,
+        };
+        // Use%: 1/3 -> 33, 0/5 -> 0, 3/10 -> 30; total 4/18 -> 22 (rounded down).
+        let want = "\
+Id\tSize\tUsed\tAvail\tUse%
+ 0\t3.0 GB\t1.0 GB\t2.0 GB\t 33%
+ 1\t5.0 GB\t0.0 MB\t5.0 GB\t  0%
+ 2\t10 GB\t3.0 GB\t7.0 GB\t 30%
+Total\t18 GB\t4.0 GB\t14 GB\t 22%
+
+Total virtual image size\t40 GB
+";
+        assert_eq!(format_node_info(&ni, false), want);
+        let want_raw = "\
+0 3221225472 1073741824 2147483648 33%
+1 5368709120 0 5368709120 0%
+2 10737418240 3221225472 7516192768 30%
+Total 19327352832 4294967296 15032385536 22% 43486543872
+";
+        assert_eq!(format_node_info(&ni, true), want_raw);
+    }
+
+    fn entry(id: u32, addr: &str, zone: u32, vnodes: u32) -> NodeEntry {
+        NodeEntry {
+            id,
+            addr: addr.into(),
+            zone,
+            vnodes,
+            nbd_port: 10809 + id as u16,
+        }
+    }
+
+    #[test]
+    fn node_list_matches_sheepdog_columns() {
+        let nodes = [
+            entry(10, "192.168.100.100:7010", 3, 52),
+            entry(0, "127.0.0.1:7000", 0, 4096),
+            entry(1, "127.0.0.1:7001", 4_000_000_000, 4100),
+        ];
+        let header = "  Id   Host:Port         V-Nodes       Zone\n";
+        assert_eq!(NODE_LIST_HEADER, header);
+        let rows = "   0   127.0.0.1:7000      \t4096          0
+   1   127.0.0.1:7001      \t4100 4000000000
+  10   192.168.100.100:7010\t52          3
+";
+        assert_eq!(format_node_list(&nodes, false), format!("{header}{rows}"));
+        let want_raw = "\
+0 127.0.0.1:7000 4096 0 10809
+1 127.0.0.1:7001 4100 4000000000 10810
+10 192.168.100.100:7010 52 3 10819
+";
+        assert_eq!(format_node_list(&nodes, true), want_raw);
+        assert_eq!(format_node_list(&[], false), NODE_LIST_HEADER);
+        assert_eq!(format_node_list(&[], true), "");
+    }
+
+    fn copy(addr: &str, zone: u32, used: u64, crc: u32) -> CopyInfo {
+        CopyInfo {
+            addr: addr.into(),
+            zone,
+            used,
+            crc,
+        }
+    }
+
+    #[test]
+    fn object_location_marks_missing_and_misplaced_copies() {
+        let loc = ObjectLocation {
+            oid: 0x0072_a1e2_0000_0001,
+            redundancy: Redundancy::Replicated { copies: 3 },
+            targets: vec![
+                "127.0.0.1:7000".into(),
+                "127.0.0.1:7002".into(),
+                "127.0.0.1:7001".into(),
+            ],
+            copies: vec![
+                copy("127.0.0.1:7003", 3, 4096, 0xdead_beef),
+                copy("127.0.0.1:7001", 1, 4 * M, 0xbeef),
+                copy("127.0.0.1:7000", 0, 4 * M, 0xbeef),
+            ],
+        };
+        let want = "\
+Looking for the object 0x0072a1e200000001 (vid 0x72a1e2 idx 1, 3 copies) with 4 nodes
+
+  127.0.0.1:7000 has the object
+  127.0.0.1:7002 should have the object but doesn't
+  127.0.0.1:7001 has the object
+  127.0.0.1:7003 has a misplaced copy
+";
+        assert_eq!(format_object_location(&loc, 4, false), want);
+        // Targets first in placement order, then the misplaced copies.
+        let want_raw = "\
+127.0.0.1:7000 0 4194304 0000beef target
+127.0.0.1:7001 1 4194304 0000beef target
+127.0.0.1:7003 3 4096 deadbeef misplaced
+";
+        assert_eq!(format_object_location(&loc, 4, true), want_raw);
+    }
+
+    #[test]
+    fn object_location_of_erasure_and_unwritten_objects() {
+        let targets: Vec<String> = (0..6).map(|i| format!("127.0.0.1:{}", 7000 + i)).collect();
+        let copies = targets
+            .iter()
+            .enumerate()
+            .map(|(i, t)| copy(t, i as u32, M, i as u32))
+            .collect();
+        let loc = ObjectLocation {
+            oid: 0x000f_d2c4_0000_0400,
+            redundancy: Redundancy::Erasure { data: 4, parity: 2 },
+            targets,
+            copies,
+        };
+        let text = format_object_location(&loc, 6, false);
+        assert!(
+            text.starts_with(
+                "Looking for the object 0x000fd2c400000400 (vid 0xfd2c4 idx 1024, \
+                 4:2 fragments) with 6 nodes\n\n  127.0.0.1:7000 has the object\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.lines().count(), 8, "{text}");
+        let raw = format_object_location(&loc, 6, true);
+        assert_eq!(raw.lines().count(), 6, "{raw}");
+        assert!(raw.ends_with("127.0.0.1:7005 5 1048576 00000005 target\n"));
+
+        let unwritten = ObjectLocation {
+            copies: vec![],
+            ..loc
+        };
+        assert_eq!(
+            format_object_location(&unwritten, 6, false),
+            "object 0x000fd2c400000400 is not written yet (reads as zeros)\n"
+        );
+        assert_eq!(format_object_location(&unwritten, 6, true), "");
+    }
+
+    #[test]
+    fn cluster_info_says_which_nodes_it_waits_for() {
+        let ci = ClusterInfo {
+            formatted: Some(ClusterFormatInfo {
+                ctime: 1_369_651_831,
+                default_redundancy: Redundancy::Erasure { data: 2, parity: 1 },
+                vnode_bytes: 1 << 20,
+            }),
+            waiting_for: vec!["127.0.0.1:7001".into(), "127.0.0.1:7002".into()],
+            epochs: vec![EpochEntry {
+                epoch: 6,
+                time: 1_369_651_900,
+                nodes: vec![
+                    "127.0.0.1:7000".into(),
+                    "127.0.0.1:7001".into(),
+                    "127.0.0.1:7002".into(),
+                ],
+            }],
+        };
+        let want = "\
+Cluster status: Waiting for other nodes to join cluster
+Waiting for nodes: 127.0.0.1:7001, 127.0.0.1:7002
+Cluster default redundancy: 2:1
+
+Cluster created at Mon May 27 10:50:31 2013
+
+Epoch Time           Version [Host:Port:V-Nodes,,,]
+2013-05-27 10:51:40      6 [127.0.0.1:7000:4096, 127.0.0.1:7001:4096, 127.0.0.1:7002:4096]
+";
+        assert_eq!(format_cluster_info(&ci, false, TimeZone::Utc), want);
+        let want_raw = "\
+Waiting for other nodes to join cluster
+waiting 127.0.0.1:7001
+waiting 127.0.0.1:7002
+1369651900 6 [127.0.0.1:7000:4096, 127.0.0.1:7001:4096, 127.0.0.1:7002:4096]
+";
+        assert_eq!(format_cluster_info(&ci, true, TimeZone::Utc), want_raw);
+
+        // Waiting for members before the format record is known: no format text.
+        let bare = ClusterInfo {
+            formatted: None,
+            waiting_for: vec!["127.0.0.1:7001".into()],
+            epochs: vec![],
+        };
+        assert_eq!(
+            format_cluster_info(&bare, false, TimeZone::Utc),
+            "Cluster status: Waiting for other nodes to join cluster\n\
+             Waiting for nodes: 127.0.0.1:7001\n"
+        );
+        assert_eq!(
+            format_cluster_info(&bare, true, TimeZone::Utc),
+            "Waiting for other nodes to join cluster\nwaiting 127.0.0.1:7001\n"
+        );
+    }
+
+    #[test]
     fn cluster_info_matches_sheepdog_layout() {
         let ci = ClusterInfo {
             formatted: Some(ClusterFormatInfo {
@@ -1158,7 +1669,7 @@ Note: node 0 runs with -n (nosync): writes are not durable
             ],
         };
         let want = "\
-Cluster status: running, auto-recovery enabled
+Cluster status: running
 Cluster default redundancy: 3
 
 Cluster created at Mon May 27 10:50:31 2013
@@ -1169,7 +1680,7 @@ Epoch Time           Version [Host:Port:V-Nodes,,,]
 ";
         assert_eq!(format_cluster_info(&ci, false, TimeZone::Utc), want);
         let want_raw = "\
-running, auto-recovery enabled
+running
 1369651900 2 [127.0.0.1:7000:4096, 127.0.0.1:7001:4096]
 1369651831 1 [127.0.0.1:7000:4096]
 ";

@@ -9,7 +9,7 @@ use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use collie_net::admin::{AdminClient, NodeInfo, Request, Response, VdiInfo, MAX_DATA};
+use collie_net::admin::{AdminClient, NodeEntry, NodeInfo, Request, Response, VdiInfo, MAX_DATA};
 use collie_tools::dogcli::{self, Command, Invocation, Parsed, TimeZone, EXIT_FAILURE, EXIT_USAGE};
 
 /// Bounds the connect and every reply; one 4 MiB read or write fits well inside it.
@@ -111,6 +111,14 @@ impl Session {
         }
     }
 
+    /// The members of the current epoch.
+    fn node_list(&mut self) -> Result<Vec<NodeEntry>> {
+        match self.call(&Request::NodeList)? {
+            Response::Nodes(list) => Ok(list),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The working (non-snapshot) VDI called `name`.
     fn find_vdi(&mut self, name: &str) -> Result<VdiInfo> {
         self.vdi_list()?
@@ -208,9 +216,45 @@ fn run(inv: &Invocation) -> Result<()> {
             Response::Ok | Response::Vdi(_) => Ok(()),
             other => Err(unexpected(&other)),
         },
+        Command::NodeList { raw } => {
+            let nodes = s.node_list()?;
+            write_stdout(dogcli::format_node_list(&nodes, *raw).as_bytes())
+        }
+        Command::NodeKill { id } => node_kill(&mut s, *id),
+        Command::VdiObjectLocation { name, index, raw } => {
+            let loc = match s.call(&Request::ObjectLocation {
+                name: name.clone(),
+                index: *index,
+            })? {
+                Response::Location(loc) => loc,
+                other => return Err(unexpected(&other)),
+            };
+            // Only Sheepdog's "with N nodes" needs the member count.
+            let nodes = if *raw || loc.copies.is_empty() {
+                0
+            } else {
+                s.node_list()?.len()
+            };
+            write_stdout(dogcli::format_object_location(&loc, nodes, *raw).as_bytes())
+        }
         Command::VdiRead { name, offset, len } => vdi_read(&mut s, name, *offset, *len),
         Command::VdiWrite { name, offset, len } => vdi_write(&mut s, name, *offset, *len),
     }
+}
+
+/// Stops node `id`, after checking it is a member, so a wrong id says which ids exist.
+fn node_kill(s: &mut Session, id: u32) -> Result<()> {
+    let nodes = s.node_list()?;
+    if !nodes.iter().any(|n| n.id == id) {
+        let mut ids: Vec<u32> = nodes.iter().map(|n| n.id).collect();
+        ids.sort_unstable();
+        let ids: Vec<String> = ids.iter().map(u32::to_string).collect();
+        return Err(Fail::Msg(format!(
+            "no node with id {id}: the cluster's ids are {} (see 'dog node list')",
+            ids.join(", ")
+        )));
+    }
+    s.call_ok(&Request::NodeKill { id })
 }
 
 /// Copies `len` bytes (default: to the end) of the VDI from `offset` to stdout.
