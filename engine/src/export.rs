@@ -3,7 +3,7 @@
 //! by that object's owning shard through the shard mesh.
 
 use crate::error::StoreError;
-use crate::shard::Shard;
+use crate::gateway::Gateway;
 use crate::vdi::{self, meta, Inode, VdiError};
 use collie_net::nbd::consts::{EINVAL, EIO, ENOSPC};
 use collie_net::nbd::{BlockExport, ExportError, ExportProvider};
@@ -66,14 +66,35 @@ fn store_error(e: StoreError) -> ExportError {
 
 /// Finds VDIs by name for the NBD handshake.
 pub struct VdiProvider {
-    pub shard: Rc<Shard>,
+    pub gw: Gateway,
+}
+
+/// Refuses data while a restarted cluster waits for members of its last epoch.
+pub fn check_serving() -> Result<(), String> {
+    check_serving_view(crate::gateway::view().as_deref())
+}
+
+pub fn check_serving_view(v: Option<&crate::cluster::view::ClusterView>) -> Result<(), String> {
+    match v {
+        Some(v) if !v.serving() => Err(format!(
+            "the cluster is waiting for {} member(s) of its last epoch to come back ({})",
+            v.waiting_for.len(),
+            v.waiting_for
+                .iter()
+                .map(ToString::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+        _ => Ok(()),
+    }
 }
 
 impl ExportProvider for VdiProvider {
     type Export = VdiExport;
 
     async fn list(&self) -> Result<Vec<String>, String> {
-        vdi::list(&self.shard)
+        check_serving()?;
+        vdi::list(&self.gw)
             .await
             .map(|l| l.into_iter().map(|(i, _)| i.name).collect())
             .map_err(|e| e.to_string())
@@ -83,16 +104,18 @@ impl ExportProvider for VdiProvider {
         if vdi::check_name(name).is_err() {
             return Ok(None);
         }
-        let inode = match vdi::find(&self.shard, name).await {
+        check_serving()?;
+        let inode = match vdi::find(&self.gw, name).await {
             Ok(Some(i)) => i,
             Ok(None) => return Ok(None),
             Err(e) => return Err(e.to_string()),
         };
-        let owners = vdi::load_owners(&self.shard, &inode)
+        let owners = vdi::load_owners(&self.gw, &inode)
             .await
             .map_err(|e| e.to_string())?;
         Ok(Some(VdiExport {
-            shard: self.shard.clone(),
+            gw: self.gw.clone(),
+            copies: inode.copies(),
             gone: register(inode.vid.get()),
             inode,
             owners: RefCell::new(owners),
@@ -102,7 +125,9 @@ impl ExportProvider for VdiProvider {
 
 /// One open VDI. `!Send`: lives on the connection's shard.
 pub struct VdiExport {
-    shard: Rc<Shard>,
+    gw: Gateway,
+    /// Copies of each data object.
+    copies: usize,
     /// Set when the VDI is deleted: every later request fails.
     gone: Rc<Cell<bool>>,
     inode: Inode,
@@ -131,7 +156,11 @@ impl VdiExport {
     }
 
     async fn read_piece(&self, p: vdi::Piece) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.shard.read(self.oid(p.index), p.offset, p.len).await {
+        match self
+            .gw
+            .read(self.oid(p.index), p.offset, p.len, self.copies)
+            .await
+        {
             Ok(d) => Ok(Some(d)),
             Err(StoreError::NotFound(_)) => Ok(None),
             Err(e) => Err(e),
@@ -140,13 +169,13 @@ impl VdiExport {
 
     async fn write_piece(&self, p: vdi::Piece, data: &[u8]) -> Result<(), VdiError> {
         let os = self.object_size();
-        self.shard
-            .write(self.oid(p.index), p.offset, data, meta(os))
+        self.gw
+            .write(self.oid(p.index), p.offset, data, meta(os), self.copies)
             .await?;
         let vid: Vid = self.inode.vid;
         let known = self.owners.borrow().get(p.index as usize).copied();
         if known != Some(vid.get()) {
-            vdi::set_owner(&self.shard, &self.inode, p.index, vid).await?;
+            vdi::set_owner(&self.gw, &self.inode, p.index, vid).await?;
             if let Some(slot) = self.owners.borrow_mut().get_mut(p.index as usize) {
                 *slot = vid.get();
             }
@@ -158,20 +187,24 @@ impl VdiExport {
     /// objects discarded; objects that do not exist are left alone.
     async fn punch_piece(&self, p: vdi::Piece) -> Result<(), StoreError> {
         let oid = self.oid(p.index);
-        if self.shard.stat(oid).await?.is_none() {
+        if self.gw.stat(oid, self.copies).await?.is_none() {
             return Ok(());
         }
         if p.offset == 0 && p.len == self.object_size() {
-            self.shard.remove(oid).await
+            self.gw.remove(oid, self.copies).await
         } else {
-            self.shard
-                .discard(oid, p.offset, p.len, meta(self.object_size()))
+            self.gw
+                .discard(oid, p.offset, p.len, meta(self.object_size()), self.copies)
                 .await
         }
     }
 
     async fn extents_piece(&self, p: vdi::Piece) -> Result<Vec<(u64, bool)>, StoreError> {
-        match self.shard.extents(self.oid(p.index), p.offset, p.len).await {
+        match self
+            .gw
+            .extents(self.oid(p.index), p.offset, p.len, self.copies)
+            .await
+        {
             Ok(e) => Ok(e),
             Err(StoreError::NotFound(_)) => Ok(vec![(p.len, false)]),
             Err(e) => Err(e),

@@ -105,7 +105,9 @@ async fn connection(
     sh: Rc<crate::Shard>,
     cfg: &FrontendConfig,
 ) -> std::result::Result<(), ServeError> {
-    let provider = VdiProvider { shard: sh };
+    let provider = VdiProvider {
+        gw: crate::gateway::Gateway::new(sh),
+    };
     let hs = Box::pin(serve_handshake(&mut stream, &provider, &cfg.server));
     let timer = Box::pin(glommio::timer::sleep(cfg.handshake_timeout));
     let session = match select(hs, timer).await {

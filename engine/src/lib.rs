@@ -4,7 +4,8 @@
 //! partitions each shard owns, their direct-I/O segment logs with group commit, the
 //! in-memory extent index with checkpoints, CRC32C verification on every read, and
 //! compaction; VDIs (inodes, vids, byte ranges over objects) served as NBD exports and
-//! answered to admin requests. Later: the gateway fan-out, membership and recovery.
+//! answered to admin requests; cluster membership and the gateway that reaches every
+//! copy of an object over peer RPC (docs/cluster.md). Later: erasure coding, recovery.
 //!
 //! Must not: take a lock on the data path (shards talk by message), return bytes that
 //! failed their checksum, acknowledge a write before it is durable (unless the store
@@ -18,9 +19,11 @@ pub mod error;
 pub mod export;
 pub mod format;
 pub mod frontend;
+pub mod gateway;
 pub mod index;
 pub mod node;
 pub mod partition;
+pub mod peer;
 pub mod shard;
 pub mod store;
 pub mod vdi;

@@ -1,23 +1,31 @@
-//! One node's answers to admin requests (`dog`): cluster format and info, node info, and
-//! the VDI commands. Runs on the caller's thread and reaches the store through
-//! `Store::run_on`; admin commands are serialised by one lock (they are rare and must
-//! not race each other, e.g. two creates of one name). The data path never takes it.
+//! One node's answers to admin requests (`dog`): cluster format, info and shutdown, node
+//! list/info/kill, object location and the VDI commands. Runs on the caller's thread and
+//! reaches the store through `Store::run_on`. Cluster-wide commands are sent on to every
+//! member as node-local requests (`NodeFormat`, `NodeStat`, ...), answered without the
+//! admin lock so that two coordinators cannot wait on each other. The commands `dog`
+//! sends are serialised by one lock (they are rare and must not race each other, e.g.
+//! two creates of one name). The data path never takes it.
 
+use crate::cluster::runtime::Cluster;
+use crate::cluster::view::ClusterView;
 use crate::export::{self, VdiProvider};
+use crate::gateway::Gateway;
 use crate::partition::WriteMeta;
 use crate::store::{fs_space, Store};
 use crate::vdi::{self, VdiError};
 use crate::StoreError;
 use bytemuck::{Pod, Zeroable};
 use collie_net::admin::{
-    ClusterFormatInfo, ClusterInfo, EpochEntry, ErrorCode, NodeInfo, NodeStat, Request, Response,
-    VdiInfo, MAX_DATA,
+    AdminClient, ClusterFormatInfo, ClusterInfo, CopyInfo, EpochEntry, ErrorCode, NodeEntry,
+    NodeInfo, NodeStat, ObjectLocation, Request, Response, VdiInfo, MAX_DATA,
 };
 use collie_net::nbd::{BlockExport, ExportProvider};
 use collie_placement::ids::cluster_oid;
+use collie_placement::node::NodeId;
+use collie_placement::ring::{vnode_bytes_for, NodeIdx};
 use collie_placement::Redundancy;
-use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// Who this node is, as `dog` shows it.
 #[derive(Clone, Debug)]
@@ -31,14 +39,19 @@ pub struct NodeIdentity {
 pub struct Node {
     store: Store,
     id: NodeIdentity,
+    cluster: Arc<Cluster>,
     admin: Mutex<()>,
 }
 
+/// How long a node waits for another member's answer to a forwarded command.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
 const FORMAT_MAGIC: u32 = u32::from_le_bytes(*b"CLFM");
-const FORMAT_VERSION: u16 = 1;
+const FORMAT_VERSION: u16 = 2;
 const FORMAT_OBJECT_SIZE: u64 = 4096;
 
-/// The cluster format record (object `cluster_oid(0)`), little-endian.
+/// The cluster format record (object `cluster_oid(0)`, on every node, not replicated:
+/// each member keeps its own), little-endian.
 #[repr(C)]
 #[derive(Clone, Copy, Pod, Zeroable)]
 struct FormatRecord {
@@ -47,8 +60,48 @@ struct FormatRecord {
     copies: u8,
     parity: u8,
     ctime: u64,
+    /// Ring bytes per vnode, chosen at format from the members' capacities and fixed
+    /// from then on (so a member joining later moves only its share of the data).
+    vnode_bytes: u64,
     epoch: u32,
     crc: u32,
+}
+
+/// The format record of the store in `store`, if it was formatted.
+pub fn read_format(store: &Store) -> Result<Option<(Redundancy, u64, u64)>, String> {
+    match format_record(store) {
+        Ok(Some(r)) => Redundancy::from_wire(r.copies, r.parity)
+            .map(|red| Some((red, r.ctime, r.vnode_bytes)))
+            .map_err(|e| format!("format record: {e}")),
+        Ok(None) => Ok(None),
+        Err(Response::Error { message, .. }) => Err(message),
+        Err(_) => Err("format record unreadable".into()),
+    }
+}
+
+fn format_record(store: &Store) -> Result<Option<FormatRecord>, Response> {
+    let r = store.read(cluster_oid(0), 0, FORMAT_OBJECT_SIZE);
+    let bytes = match r {
+        Ok(b) => b,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(store_error(e)),
+    };
+    let n = std::mem::size_of::<FormatRecord>();
+    let rec: FormatRecord = bytemuck::pod_read_unaligned(&bytes[..n]);
+    if rec.magic != FORMAT_MAGIC || rec.crc != crc32c::crc32c(&bytes[..n - 4]) {
+        return Err(error(ErrorCode::Io, "the cluster format record is damaged"));
+    }
+    if rec.version != FORMAT_VERSION {
+        return Err(error(
+            ErrorCode::Io,
+            format!(
+                "the cluster format record is version {} (this sheep reads {FORMAT_VERSION}): \
+                 reformat with 'dog cluster format --force'",
+                rec.version
+            ),
+        ));
+    }
+    Ok(Some(rec))
 }
 
 fn now() -> u64 {
@@ -95,10 +148,11 @@ fn info(ino: &vdi::Inode, used: u64) -> VdiInfo {
 }
 
 impl Node {
-    pub fn new(store: Store, id: NodeIdentity) -> Node {
+    pub fn new(store: Store, id: NodeIdentity, cluster: Arc<Cluster>) -> Node {
         Node {
             store,
             id,
+            cluster,
             admin: Mutex::new(()),
         }
     }
@@ -107,32 +161,28 @@ impl Node {
         &self.store
     }
 
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
     pub fn into_store(self) -> Store {
         self.store
     }
 
-    /// Zones in the cluster: one node is one zone until the cluster driver exists.
-    fn zones(&self) -> u32 {
-        1
+    fn view(&self) -> Result<Arc<ClusterView>, Response> {
+        self.cluster
+            .view()
+            .ok_or_else(|| error(ErrorCode::Internal, "no cluster view yet"))
+    }
+
+    /// Refuses VDI commands while a restarted cluster waits for its members.
+    fn check_serving(&self) -> Result<(), Response> {
+        export::check_serving_view(self.cluster.view().as_deref())
+            .map_err(|m| error(ErrorCode::Waiting, m))
     }
 
     fn format_record(&self) -> Result<Option<FormatRecord>, Response> {
-        let r = self.store.read(cluster_oid(0), 0, FORMAT_OBJECT_SIZE);
-        let bytes = match r {
-            Ok(b) => b,
-            Err(StoreError::NotFound(_)) => return Ok(None),
-            Err(e) => return Err(store_error(e)),
-        };
-        let rec: FormatRecord =
-            bytemuck::pod_read_unaligned(&bytes[..std::mem::size_of::<FormatRecord>()]);
-        let body = &bytemuck::bytes_of(&rec)[..std::mem::size_of::<FormatRecord>() - 4];
-        if rec.magic != FORMAT_MAGIC
-            || rec.version != FORMAT_VERSION
-            || rec.crc != crc32c::crc32c(body)
-        {
-            return Err(error(ErrorCode::Io, "the cluster format record is damaged"));
-        }
-        Ok(Some(rec))
+        format_record(&self.store)
     }
 
     fn default_redundancy(&self) -> Result<Redundancy, Response> {
@@ -146,79 +196,234 @@ impl Node {
         }
     }
 
-    fn check_zones(&self, r: Redundancy) -> Result<(), Response> {
-        if r.width() > self.zones() {
+    /// Refuses a redundancy the cluster cannot give every object now.
+    fn check_redundancy(&self, r: Redundancy) -> Result<(), Response> {
+        if let Redundancy::Erasure { .. } = r {
+            return Err(error(
+                ErrorCode::Invalid,
+                format!("erasure coding ({r}) is not supported yet; use -c N (copies)"),
+            ));
+        }
+        let zones = self.view()?.zones();
+        if r.width() as usize > zones {
             return Err(error(
                 ErrorCode::Invalid,
                 format!(
-                    "redundancy {r} needs {} zones but the cluster has {}",
-                    r.width(),
-                    self.zones()
+                    "redundancy {r} needs {} zones but the cluster has {zones} \
+                     (start sheep with distinct -z ZONE, or use fewer copies)",
+                    r.width()
                 ),
             ));
         }
         Ok(())
     }
 
-    /// Answers one admin request. `ClusterShutdown` is only acknowledged here; the
-    /// caller stops the node after sending the reply.
-    pub fn handle(&self, req: Request) -> Response {
-        let _serial = self.admin.lock().unwrap_or_else(|p| p.into_inner());
-        match self.handle_locked(req) {
-            Ok(r) | Err(r) => r,
+    /// Answers one admin request; `true` when this sheep must stop once the answer
+    /// is sent (`dog cluster shutdown`, `dog node kill` of this node, `NodeStop`).
+    pub fn handle(&self, req: Request) -> (Response, bool) {
+        let stop = match &req {
+            Request::ClusterShutdown | Request::NodeStop => true,
+            Request::NodeKill { id } => self
+                .view()
+                .ok()
+                .and_then(|v| v.me())
+                .is_some_and(|me| me as u64 == u64::from(*id)),
+            _ => false,
+        };
+        let r = match req {
+            // Between sheep: no admin lock (see the module comment).
+            Request::NodeFormat {
+                redundancy,
+                force,
+                ctime,
+                vnode_bytes,
+            } => self.format_here(redundancy, force, ctime, vnode_bytes),
+            Request::NodeStat => self.node_stat().map(|s| {
+                Response::NodeInfo(NodeInfo {
+                    nodes: vec![s],
+                    vdi_total: 0,
+                })
+            }),
+            Request::ObjectCopy { oid } => self.object_copy(oid).map(Response::Copy),
+            Request::EpochFreeze => {
+                self.cluster.freeze();
+                Ok(Response::Ok)
+            }
+            Request::NodeStop => Ok(Response::Ok),
+            req => {
+                let _serial = self.admin.lock().unwrap_or_else(|p| p.into_inner());
+                self.handle_locked(req)
+            }
+        };
+        match r {
+            Ok(r) => (r, stop),
+            Err(r) => (r, false),
         }
     }
 
     fn run_vdi<R: Send + 'static>(
         &self,
         f: impl FnOnce(
-                std::rc::Rc<crate::Shard>,
+                Gateway,
             )
                 -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<R, VdiError>>>>
             + Send
             + 'static,
     ) -> Result<R, Response> {
         self.store
-            .run_on(0, f)
+            .run_on(0, move |sh| f(Gateway::new(sh)))
             .map_err(store_error)?
             .map_err(vdi_error)
+    }
+
+    /// Sends `req` to member `m` (or answers it here) and returns the answer; an error
+    /// answer becomes `Err` with the member named.
+    fn on_member(&self, v: &ClusterView, i: usize, req: &Request) -> Result<Response, Response> {
+        let m = &v.members[i];
+        let r = if v.is_me(i) {
+            self.handle(req.clone()).0
+        } else {
+            let name = m.id.to_string();
+            let fail = |e: String| error(ErrorCode::Io, format!("node {name}: {e}"));
+            let mut c =
+                AdminClient::connect(&m.id.addr().to_string(), m.id.port(), FORWARD_TIMEOUT)
+                    .map_err(|e| fail(e.to_string()))?;
+            c.call(req).map_err(|e| fail(e.to_string()))?
+        };
+        match r {
+            Response::Error { code, message } => {
+                Err(error(code, format!("node {}: {message}", m.id)))
+            }
+            r => Ok(r),
+        }
+    }
+
+    /// Sends `req` to every member; fails with the first error after all were tried.
+    fn on_every_member(&self, v: &ClusterView, req: &Request) -> Result<Vec<Response>, Response> {
+        let mut out = Vec::with_capacity(v.members.len());
+        let mut first_err = None;
+        for i in 0..v.members.len() {
+            match self.on_member(v, i, req) {
+                Ok(r) => out.push(r),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
+    /// Writes this node's format record (every member does, at `dog cluster format`).
+    fn format_here(
+        &self,
+        redundancy: Redundancy,
+        force: bool,
+        ctime: u64,
+        vnode_bytes: u64,
+    ) -> Result<Response, Response> {
+        // A damaged or old record is replaced by a forced format.
+        match self.format_record() {
+            Ok(None) => {}
+            Ok(Some(_)) | Err(_) if force => {
+                for oid in self.store.list().map_err(store_error)? {
+                    self.store.remove(oid).map_err(store_error)?;
+                }
+                let _ =
+                    std::fs::remove_file(self.store.dir().join(crate::cluster::runtime::EPOCH_LOG));
+            }
+            Ok(Some(_)) => {
+                return Err(error(
+                    ErrorCode::AlreadyFormatted,
+                    "cluster is already formatted; 'dog cluster format --force' erases every VDI",
+                ))
+            }
+            Err(e) => return Err(e),
+        }
+        let (copies, parity) = redundancy.to_wire();
+        let mut rec = FormatRecord {
+            magic: FORMAT_MAGIC,
+            version: FORMAT_VERSION,
+            copies,
+            parity,
+            ctime,
+            vnode_bytes,
+            epoch: self.cluster.view().map_or(1, |v| v.epoch),
+            crc: 0,
+        };
+        let n = std::mem::size_of::<FormatRecord>();
+        rec.crc = crc32c::crc32c(&bytemuck::bytes_of(&rec)[..n - 4]);
+        let meta = WriteMeta {
+            object_size: FORMAT_OBJECT_SIZE,
+            version: 0,
+            epoch: rec.epoch,
+        };
+        self.store
+            .write(cluster_oid(0), 0, bytemuck::bytes_of(&rec).to_vec(), meta)
+            .map_err(store_error)?;
+        self.cluster
+            .formatted(&self.store, vnode_bytes)
+            .map_err(|e| error(ErrorCode::Io, e.to_string()))?;
+        Ok(Response::Ok)
+    }
+
+    fn node_stat(&self) -> Result<NodeStat, Response> {
+        let stats = self.store.stats().map_err(store_error)?;
+        let (_, avail) = fs_space(self.store.dir());
+        let id = self
+            .cluster
+            .view()
+            .and_then(|v| v.me())
+            .map_or(0, |i| i as u32);
+        Ok(NodeStat {
+            id,
+            addr: self.id.addr.clone(),
+            zone: self.id.zone,
+            used: stats.segment_bytes,
+            avail,
+            nosync: self.id.nosync,
+        })
+    }
+
+    fn object_copy(&self, oid: u64) -> Result<Option<CopyInfo>, Response> {
+        let Some(info) = self.store.stat(oid).map_err(store_error)? else {
+            return Ok(None);
+        };
+        let bytes = self.store.read(oid, 0, info.size).map_err(store_error)?;
+        Ok(Some(CopyInfo {
+            addr: self.id.addr.clone(),
+            zone: self.id.zone,
+            used: info.used,
+            crc: crc32c::crc32c(&bytes),
+        }))
     }
 
     fn handle_locked(&self, req: Request) -> Result<Response, Response> {
         match req {
             Request::ClusterFormat { redundancy, force } => {
-                self.check_zones(redundancy)?;
-                if self.format_record()?.is_some() {
-                    if !force {
-                        return Err(error(
-                            ErrorCode::AlreadyFormatted,
-                            "cluster is already formatted; 'dog cluster format --force' erases every VDI",
-                        ));
-                    }
-                    for oid in self.store.list().map_err(store_error)? {
-                        self.store.remove(oid).map_err(store_error)?;
-                    }
+                let v = self.view()?;
+                self.check_serving()?;
+                self.check_redundancy(redundancy)?;
+                if !force && self.format_record()?.is_some() {
+                    return Err(error(
+                        ErrorCode::AlreadyFormatted,
+                        "cluster is already formatted; 'dog cluster format --force' erases every VDI",
+                    ));
                 }
-                let (copies, parity) = redundancy.to_wire();
-                let mut rec = FormatRecord {
-                    magic: FORMAT_MAGIC,
-                    version: FORMAT_VERSION,
-                    copies,
-                    parity,
+                let nodes: Vec<_> = v
+                    .members
+                    .iter()
+                    .map(|m| collie_placement::Node::new(m.id, m.zone, m.capacity))
+                    .collect();
+                let req = Request::NodeFormat {
+                    redundancy,
+                    force,
                     ctime: now(),
-                    epoch: 1,
-                    crc: 0,
+                    vnode_bytes: vnode_bytes_for(&nodes),
                 };
-                let n = std::mem::size_of::<FormatRecord>();
-                rec.crc = crc32c::crc32c(&bytemuck::bytes_of(&rec)[..n - 4]);
-                let meta = WriteMeta {
-                    object_size: FORMAT_OBJECT_SIZE,
-                    version: 0,
-                    epoch: 1,
-                };
-                self.store
-                    .write(cluster_oid(0), 0, bytemuck::bytes_of(&rec).to_vec(), meta)
-                    .map_err(store_error)?;
+                self.on_every_member(&v, &req)?;
                 Ok(Response::Ok)
             }
             Request::ClusterInfo => {
@@ -227,41 +432,122 @@ impl Node {
                     ctime: r.ctime,
                     default_redundancy: Redundancy::from_wire(r.copies, r.parity)
                         .unwrap_or(Redundancy::Replicated { copies: 1 }),
-                    vnode_bytes: 0,
+                    vnode_bytes: r.vnode_bytes,
                 });
-                let epochs = rec
+                let waiting_for = self
+                    .cluster
+                    .view()
+                    .map(|v| v.waiting_for.iter().map(NodeId::to_string).collect())
+                    .unwrap_or_default();
+                let epochs = self
+                    .cluster
+                    .history()
+                    .into_iter()
+                    .rev()
                     .map(|r| EpochEntry {
                         epoch: r.epoch,
-                        time: r.ctime,
-                        nodes: vec![self.id.addr.clone()],
+                        time: r.time,
+                        nodes: r.members.iter().map(NodeId::to_string).collect(),
                     })
-                    .into_iter()
                     .collect();
                 Ok(Response::ClusterInfo(ClusterInfo {
                     formatted,
-                    waiting_for: vec![],
+                    waiting_for,
                     epochs,
                 }))
             }
-            Request::ClusterShutdown => Ok(Response::Ok),
+            Request::ClusterShutdown => {
+                let v = self.view()?;
+                // Everyone stops recording epochs before anyone leaves.
+                self.on_every_member(&v, &Request::EpochFreeze)?;
+                for i in (0..v.members.len()).filter(|&i| !v.is_me(i)) {
+                    if let Err(e) = self.on_member(&v, i, &Request::NodeStop) {
+                        tracing::warn!("cluster shutdown: {e:?}");
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::NodeList => {
+                let v = self.view()?;
+                Ok(Response::Nodes(
+                    v.members
+                        .iter()
+                        .enumerate()
+                        .map(|(i, m)| NodeEntry {
+                            id: i as u32,
+                            addr: m.id.to_string(),
+                            zone: m.zone,
+                            vnodes: v.ring().vnodes(NodeIdx::from_index(i)),
+                            nbd_port: m.nbd_port,
+                        })
+                        .collect(),
+                ))
+            }
+            Request::NodeKill { id } => {
+                let v = self.view()?;
+                let i = id as usize;
+                if i >= v.members.len() {
+                    return Err(error(
+                        ErrorCode::Invalid,
+                        format!("there is no node {id} ('dog node list' shows the ids)"),
+                    ));
+                }
+                if !v.is_me(i) {
+                    self.on_member(&v, i, &Request::NodeStop)?;
+                }
+                Ok(Response::Ok)
+            }
             Request::NodeInfo => {
-                let stats = self.store.stats().map_err(store_error)?;
-                let (_, avail) = fs_space(self.store.dir());
-                let vdi_total = self
-                    .run_vdi(|sh| Box::pin(async move { vdi::list(&sh).await }))?
-                    .iter()
-                    .map(|(i, _)| i.size)
-                    .sum();
-                Ok(Response::NodeInfo(NodeInfo {
-                    nodes: vec![NodeStat {
-                        id: 0,
-                        addr: self.id.addr.clone(),
-                        zone: self.id.zone,
-                        used: stats.segment_bytes,
-                        avail,
-                        nosync: self.id.nosync,
-                    }],
-                    vdi_total,
+                let v = self.view()?;
+                let mut nodes = Vec::with_capacity(v.members.len());
+                for r in self.on_every_member(&v, &Request::NodeStat)? {
+                    if let Response::NodeInfo(mut ni) = r {
+                        nodes.append(&mut ni.nodes);
+                    }
+                }
+                nodes.sort_by_key(|n| n.id);
+                let vdi_total = if v.serving() && self.format_record()?.is_some() {
+                    self.run_vdi(|gw| Box::pin(async move { vdi::list(&gw).await }))?
+                        .iter()
+                        .map(|(i, _)| i.size)
+                        .sum()
+                } else {
+                    0
+                };
+                Ok(Response::NodeInfo(NodeInfo { nodes, vdi_total }))
+            }
+            Request::ObjectLocation { name, index } => {
+                self.check_serving()?;
+                let v = self.view()?;
+                let lookup = name.clone();
+                let ino = self
+                    .run_vdi(move |gw| Box::pin(async move { vdi::lookup(&gw, &lookup).await }))?;
+                if index >= ino.object_count() {
+                    return Err(error(
+                        ErrorCode::Invalid,
+                        format!(
+                            "vdi '{name}' has {} objects; index {index} is past its end",
+                            ino.object_count()
+                        ),
+                    ));
+                }
+                let oid = ino.vid.data_oid(index as u32);
+                let targets = v
+                    .targets(oid, ino.copies())
+                    .into_iter()
+                    .map(|i| v.members[i].id.to_string())
+                    .collect();
+                let mut copies = Vec::new();
+                for r in self.on_every_member(&v, &Request::ObjectCopy { oid })? {
+                    if let Response::Copy(Some(c)) = r {
+                        copies.push(c);
+                    }
+                }
+                Ok(Response::Location(ObjectLocation {
+                    oid,
+                    redundancy: ino.redundancy,
+                    targets,
+                    copies,
                 }))
             }
             Request::VdiCreate {
@@ -269,32 +555,31 @@ impl Node {
                 size,
                 redundancy,
             } => {
-                let r = match redundancy {
-                    Some(r) => {
-                        self.default_redundancy()?;
-                        r
-                    }
-                    None => self.default_redundancy()?,
-                };
-                self.check_zones(r)?;
+                self.check_serving()?;
+                let default = self.default_redundancy()?;
+                let r = redundancy.unwrap_or(default);
+                self.check_redundancy(r)?;
                 let t = now();
-                let ino = self.run_vdi(move |sh| {
-                    Box::pin(async move { vdi::create(&sh, &name, size, r, t).await })
+                let ino = self.run_vdi(move |gw| {
+                    Box::pin(async move { vdi::create(&gw, &name, size, r, t).await })
                 })?;
                 Ok(Response::Vdi(info(&ino, 0)))
             }
             Request::VdiList => {
-                let list = self.run_vdi(|sh| Box::pin(async move { vdi::list(&sh).await }))?;
+                self.check_serving()?;
+                let list = self.run_vdi(|gw| Box::pin(async move { vdi::list(&gw).await }))?;
                 Ok(Response::VdiList(
                     list.iter().map(|(i, used)| info(i, *used)).collect(),
                 ))
             }
             Request::VdiDelete { name } => {
+                self.check_serving()?;
                 let lookup = name.clone();
                 let ino = self
-                    .run_vdi(move |sh| Box::pin(async move { vdi::lookup(&sh, &lookup).await }))?;
+                    .run_vdi(move |gw| Box::pin(async move { vdi::lookup(&gw, &lookup).await }))?;
                 // End the open connections first, so none writes objects after the
-                // delete has listed them.
+                // delete has listed them. (Connections on other nodes are not ended:
+                // see docs/cluster.md.)
                 let vid = ino.vid.get();
                 for shard in 0..self.store.shard_count() {
                     let n = self
@@ -305,22 +590,24 @@ impl Node {
                         tracing::info!(vdi = %name, shard, connections = n, "ended connections of a deleted vdi");
                     }
                 }
-                self.run_vdi(move |sh| Box::pin(async move { vdi::delete(&sh, &name).await }))?;
+                self.run_vdi(move |gw| Box::pin(async move { vdi::delete(&gw, &name).await }))?;
                 Ok(Response::Ok)
             }
             Request::VdiResize { name, size } => {
-                let ino = self.run_vdi(move |sh| {
-                    Box::pin(async move { vdi::resize(&sh, &name, size).await })
+                self.check_serving()?;
+                let ino = self.run_vdi(move |gw| {
+                    Box::pin(async move { vdi::resize(&gw, &name, size).await })
                 })?;
                 Ok(Response::Vdi(info(&ino, 0)))
             }
             Request::VdiRead { name, offset, len } => {
+                self.check_serving()?;
                 if len > MAX_DATA {
                     return Err(error(ErrorCode::Invalid, "read longer than one frame"));
                 }
-                let data = self.run_vdi(move |sh| {
+                let data = self.run_vdi(move |gw| {
                     Box::pin(async move {
-                        let export = open(sh, &name).await?;
+                        let export = open(gw, &name).await?;
                         check_range(&export, offset, u64::from(len))?;
                         export
                             .read(offset, u64::from(len))
@@ -331,9 +618,10 @@ impl Node {
                 Ok(Response::Data(data))
             }
             Request::VdiWrite { name, offset, data } => {
-                self.run_vdi(move |sh| {
+                self.check_serving()?;
+                self.run_vdi(move |gw| {
                     Box::pin(async move {
-                        let export = open(sh, &name).await?;
+                        let export = open(gw, &name).await?;
                         check_range(&export, offset, data.len() as u64)?;
                         export
                             .write(offset, &data, true)
@@ -343,26 +631,25 @@ impl Node {
                 })?;
                 Ok(Response::Ok)
             }
-            other => Err(error(
-                ErrorCode::Invalid,
-                format!("{other:?} needs the cluster (not built yet)"),
-            )),
+            // Answered in `handle`.
+            Request::NodeFormat { .. }
+            | Request::NodeStat
+            | Request::ObjectCopy { .. }
+            | Request::EpochFreeze
+            | Request::NodeStop => Err(error(ErrorCode::Internal, "misrouted request")),
         }
     }
 
     /// Every VDI name (for logs and tests).
     pub fn vdi_names(&self) -> Vec<String> {
-        self.run_vdi(|sh| Box::pin(async move { vdi::list(&sh).await }))
+        self.run_vdi(|gw| Box::pin(async move { vdi::list(&gw).await }))
             .map(|l| l.into_iter().map(|(i, _)| i.name).collect())
             .unwrap_or_default()
     }
 }
 
-async fn open(
-    sh: std::rc::Rc<crate::Shard>,
-    name: &str,
-) -> Result<crate::export::VdiExport, VdiError> {
-    VdiProvider { shard: sh }
+async fn open(gw: Gateway, name: &str) -> Result<crate::export::VdiExport, VdiError> {
+    VdiProvider { gw }
         .open(name)
         .await
         .map_err(VdiError::Invalid)?

@@ -42,6 +42,7 @@ pub enum Op {
         offset: u64,
         data: Vec<u8>,
         meta: WriteMeta,
+        must_exist: bool,
     },
     Read {
         oid: u64,
@@ -213,9 +214,9 @@ impl Shard {
                 offset,
                 data,
                 meta,
+                must_exist,
             } => self
-                .local(self.route(oid).0)?
-                .write(oid, offset, &data, meta)
+                .write_local(self.route(oid).0, oid, offset, &data, meta, must_exist)
                 .await
                 .map(|_| Reply::Done),
             Op::Read { oid, offset, len } => self
@@ -262,8 +263,26 @@ impl Shard {
 
     /// Writes `data` at `offset` of `oid`; returns when durable.
     pub async fn write(&self, oid: u64, offset: u64, data: &[u8], meta: WriteMeta) -> Result<()> {
+        self.write_if(oid, offset, data, meta, false).await
+    }
+
+    /// [`Shard::write`]; with `must_exist`, an object this node does not hold is left
+    /// alone and the answer is `NotFound`. A gateway writes part of an object this way,
+    /// so that a node that never had the object (a new target after a failure) is not
+    /// left with a copy whose other bytes read as zeros.
+    pub async fn write_if(
+        &self,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        meta: WriteMeta,
+        must_exist: bool,
+    ) -> Result<()> {
         match self.route(oid) {
-            (p, owner) if owner == self.id => self.local(p)?.write(oid, offset, data, meta).await,
+            (p, owner) if owner == self.id => {
+                self.write_local(p, oid, offset, data, meta, must_exist)
+                    .await
+            }
             (_, owner) => self
                 .remote(
                     owner,
@@ -272,11 +291,28 @@ impl Shard {
                         offset,
                         data: data.to_vec(),
                         meta,
+                        must_exist,
                     },
                 )
                 .await
                 .map(|_| ()),
         }
+    }
+
+    async fn write_local(
+        &self,
+        p: u32,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        meta: WriteMeta,
+        must_exist: bool,
+    ) -> Result<()> {
+        let part = self.local(p)?;
+        if must_exist && part.stat(oid).is_none() {
+            return Err(StoreError::NotFound(oid));
+        }
+        part.write(oid, offset, data, meta).await
     }
 
     /// Reads `len` bytes at `offset` of `oid` (holes are zeros).

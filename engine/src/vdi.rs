@@ -7,8 +7,8 @@
 //! vid whose object holds index i, 0 if never written. Format: docs/vdi-format.md.
 
 use crate::error::{Result as StoreResult, StoreError};
+use crate::gateway::{Gateway, META_COPIES};
 use crate::partition::WriteMeta;
-use crate::shard::Shard;
 use bytemuck::{Pod, Zeroable};
 use collie_placement::ids::{object_kind, ObjectKind, Vid, DEFAULT_OBJECT_SIZE, MAX_VID};
 use collie_placement::Redundancy;
@@ -95,6 +95,10 @@ impl Inode {
     }
     pub fn object_count(&self) -> u64 {
         self.size.div_ceil(self.object_size())
+    }
+    /// Copies of each data object.
+    pub fn copies(&self) -> usize {
+        self.redundancy.width() as usize
     }
 
     fn encode(&self) -> InodeHeader {
@@ -207,18 +211,20 @@ fn not_found_is_none<T>(r: StoreResult<T>) -> StoreResult<Option<T>> {
 }
 
 /// The inode of `vid`, if the object exists (deleted ones included).
-pub async fn read_inode(sh: &Shard, vid: Vid) -> Result<Option<Inode>> {
-    let bytes = not_found_is_none(sh.read(vid.inode_oid(), 0, INODE_HEADER_LEN as u64).await)?;
+pub async fn read_inode(gw: &Gateway, vid: Vid) -> Result<Option<Inode>> {
+    let oid = vid.inode_oid();
+    let bytes = not_found_is_none(gw.read(oid, 0, INODE_HEADER_LEN as u64, META_COPIES).await)?;
     bytes.map(|b| Inode::decode(vid, &b)).transpose()
 }
 
-pub async fn write_inode(sh: &Shard, inode: &Inode) -> Result<()> {
+pub async fn write_inode(gw: &Gateway, inode: &Inode) -> Result<()> {
     let h = inode.encode();
-    sh.write(
+    gw.write(
         inode.vid.inode_oid(),
         0,
         bytemuck::bytes_of(&h),
         meta(INODE_OBJECT_SIZE),
+        META_COPIES,
     )
     .await?;
     Ok(())
@@ -228,11 +234,11 @@ pub async fn write_inode(sh: &Shard, inode: &Inode) -> Result<()> {
 /// the first vid with no inode. Returns the live inode with that name, if any, and the
 /// first never-used vid (tombstones of deleted VDIs are not reused, so the chain a name
 /// was created on stays intact).
-async fn probe(sh: &Shard, name: &str) -> Result<(Option<Inode>, Vid)> {
+async fn probe(gw: &Gateway, name: &str) -> Result<(Option<Inode>, Vid)> {
     let start = Vid::of_name(name);
     for i in 0..MAX_VID {
         let vid = start.probe(i);
-        match read_inode(sh, vid).await? {
+        match read_inode(gw, vid).await? {
             None => return Ok((None, vid)),
             Some(ino) if !ino.deleted && ino.name == name => return Ok((Some(ino), vid)),
             Some(_) => {}
@@ -241,19 +247,19 @@ async fn probe(sh: &Shard, name: &str) -> Result<(Option<Inode>, Vid)> {
     Err(VdiError::Invalid("no free vid left".into()))
 }
 
-pub async fn find(sh: &Shard, name: &str) -> Result<Option<Inode>> {
+pub async fn find(gw: &Gateway, name: &str) -> Result<Option<Inode>> {
     check_name(name)?;
-    Ok(probe(sh, name).await?.0)
+    Ok(probe(gw, name).await?.0)
 }
 
-pub async fn lookup(sh: &Shard, name: &str) -> Result<Inode> {
-    find(sh, name)
+pub async fn lookup(gw: &Gateway, name: &str) -> Result<Inode> {
+    find(gw, name)
         .await?
         .ok_or_else(|| VdiError::NotFound(name.to_owned()))
 }
 
 pub async fn create(
-    sh: &Shard,
+    gw: &Gateway,
     name: &str,
     size: u64,
     redundancy: Redundancy,
@@ -261,7 +267,7 @@ pub async fn create(
 ) -> Result<Inode> {
     check_name(name)?;
     check_size(size)?;
-    let (existing, vid) = probe(sh, name).await?;
+    let (existing, vid) = probe(gw, name).await?;
     if existing.is_some() {
         return Err(VdiError::Exists(name.to_owned()));
     }
@@ -276,14 +282,14 @@ pub async fn create(
         tag: String::new(),
         deleted: false,
     };
-    write_inode(sh, &inode).await?;
+    write_inode(gw, &inode).await?;
     Ok(inode)
 }
 
 /// Grows a VDI (shrinking would silently drop data; Sheepdog refuses it too).
-pub async fn resize(sh: &Shard, name: &str, size: u64) -> Result<Inode> {
+pub async fn resize(gw: &Gateway, name: &str, size: u64) -> Result<Inode> {
     check_size(size)?;
-    let mut inode = lookup(sh, name).await?;
+    let mut inode = lookup(gw, name).await?;
     if size < inode.size {
         return Err(VdiError::Invalid(format!(
             "shrinking '{name}' from {} to {size} bytes is not supported",
@@ -291,14 +297,14 @@ pub async fn resize(sh: &Shard, name: &str, size: u64) -> Result<Inode> {
         )));
     }
     inode.size = size;
-    write_inode(sh, &inode).await?;
+    write_inode(gw, &inode).await?;
     Ok(inode)
 }
 
-/// Every data object of `vid` on this node.
-async fn data_objects(sh: &Shard, vid: Vid) -> Result<Vec<u64>> {
-    Ok(sh
-        .list()
+/// Every data object of `vid` in the cluster.
+async fn data_objects(gw: &Gateway, vid: Vid) -> Result<Vec<u64>> {
+    Ok(gw
+        .list_all()
         .await?
         .into_iter()
         .filter(|&oid| matches!(object_kind(oid), ObjectKind::Data { vid: v, .. } if v == vid))
@@ -307,29 +313,35 @@ async fn data_objects(sh: &Shard, vid: Vid) -> Result<Vec<u64>> {
 
 /// Deletes a VDI: its data objects first, then its inode becomes a tombstone (kept so
 /// that names created later on the same probe chain stay reachable).
-pub async fn delete(sh: &Shard, name: &str) -> Result<()> {
-    let mut inode = lookup(sh, name).await?;
-    for chunk in data_objects(sh, inode.vid).await?.chunks(FAN_OUT) {
-        for r in join_all(chunk.iter().map(|&oid| sh.remove(oid))).await {
+pub async fn delete(gw: &Gateway, name: &str) -> Result<()> {
+    let mut inode = lookup(gw, name).await?;
+    for chunk in data_objects(gw, inode.vid).await?.chunks(FAN_OUT) {
+        for r in join_all(chunk.iter().map(|&oid| gw.remove(oid, inode.copies()))).await {
             r?;
         }
     }
     // The owner table is meaningless now; free its space.
     let table = 4 * (MAX_VDI_SIZE / DEFAULT_OBJECT_SIZE);
     let m = meta(INODE_OBJECT_SIZE);
-    sh.discard(inode.vid.inode_oid(), DATA_VDI_ID_OFFSET, table, m)
-        .await?;
+    gw.discard(
+        inode.vid.inode_oid(),
+        DATA_VDI_ID_OFFSET,
+        table,
+        m,
+        META_COPIES,
+    )
+    .await?;
     inode.deleted = true;
-    write_inode(sh, &inode).await
+    write_inode(gw, &inode).await
 }
 
-/// Every live VDI with the bytes its data objects hold on this node.
-pub async fn list(sh: &Shard) -> Result<Vec<(Inode, u64)>> {
-    let oids = sh.list().await?;
+/// Every live VDI with the bytes its data objects hold (one copy counted).
+pub async fn list(gw: &Gateway) -> Result<Vec<(Inode, u64)>> {
+    let oids = gw.list_all().await?;
     let mut out = Vec::new();
     for &oid in &oids {
         if let ObjectKind::Inode { vid } = object_kind(oid) {
-            if let Some(ino) = read_inode(sh, vid).await? {
+            if let Some(ino) = read_inode(gw, vid).await? {
                 if !ino.deleted {
                     out.push((ino, 0u64));
                 }
@@ -344,7 +356,12 @@ pub async fn list(sh: &Shard) -> Result<Vec<(Inode, u64)>> {
         })
         .collect();
     for chunk in data.chunks(FAN_OUT) {
-        let stats = join_all(chunk.iter().map(|&(_, oid)| sh.stat(oid))).await;
+        let copies = |vid: Vid| {
+            out.iter()
+                .find(|(i, _)| i.vid == vid)
+                .map_or(1, |(i, _)| i.copies())
+        };
+        let stats = join_all(chunk.iter().map(|&(vid, oid)| gw.stat(oid, copies(vid)))).await;
         for (&(vid, _), st) in chunk.iter().zip(stats) {
             if let (Some(info), Some(entry)) = (st?, out.iter_mut().find(|(i, _)| i.vid == vid)) {
                 entry.1 += info.used;
@@ -356,11 +373,16 @@ pub async fn list(sh: &Shard) -> Result<Vec<(Inode, u64)>> {
 }
 
 /// `data_vdi_id[0..object_count]` of a VDI.
-pub async fn load_owners(sh: &Shard, inode: &Inode) -> Result<Vec<u32>> {
+pub async fn load_owners(gw: &Gateway, inode: &Inode) -> Result<Vec<u32>> {
     let n = inode.object_count();
     let bytes = not_found_is_none(
-        sh.read(inode.vid.inode_oid(), DATA_VDI_ID_OFFSET, 4 * n)
-            .await,
+        gw.read(
+            inode.vid.inode_oid(),
+            DATA_VDI_ID_OFFSET,
+            4 * n,
+            META_COPIES,
+        )
+        .await,
     )?
     .unwrap_or_default();
     Ok(bytes
@@ -372,12 +394,13 @@ pub async fn load_owners(sh: &Shard, inode: &Inode) -> Result<Vec<u32>> {
 }
 
 /// Records that object `index` of `inode` is held by `owner`, durably.
-pub async fn set_owner(sh: &Shard, inode: &Inode, index: u32, owner: Vid) -> Result<()> {
-    sh.write(
+pub async fn set_owner(gw: &Gateway, inode: &Inode, index: u32, owner: Vid) -> Result<()> {
+    gw.write(
         inode.vid.inode_oid(),
         DATA_VDI_ID_OFFSET + 4 * u64::from(index),
         &owner.get().to_le_bytes(),
         meta(INODE_OBJECT_SIZE),
+        META_COPIES,
     )
     .await?;
     Ok(())

@@ -43,6 +43,10 @@ impl Op {
 
 /// Flag in responses.
 pub const FLAG_RESPONSE: u8 = 1;
+/// Flag in write requests: apply only if this node already holds the object, else
+/// answer `NOT_FOUND` (a gateway's partial write must not create a copy whose other
+/// bytes read as zeros).
+pub const FLAG_MUST_EXIST: u8 = 2;
 
 /// Status of a response: 0, or one of these.
 pub mod status {

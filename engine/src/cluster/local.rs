@@ -48,7 +48,9 @@ struct Slot {
     id: [u8; NODE_ID_BYTES],
     _pad: [u8; 6],
     peer_ports: [u16; MAX_PEER_PORTS],
-    _reserved: [u8; 72],
+    /// Partitions of the member's store (with the shard count, where an oid is served).
+    partitions: u32,
+    _reserved: [u8; 68],
 }
 const _: () = assert!(std::mem::size_of::<Slot>() == SLOT_LEN);
 
@@ -216,6 +218,7 @@ impl Locked<'_> {
                 zone: s.zone,
                 capacity: s.capacity,
                 nbd_port: s.nbd_port,
+                partitions: s.partitions,
                 peer_ports: s.peer_ports[..usize::from(s.peer_count).min(MAX_PEER_PORTS)].to_vec(),
                 pid: s.pid,
             })
@@ -260,6 +263,7 @@ impl ClusterDriver for LocalDriver {
         s.capacity = me.capacity;
         s.zone = me.zone;
         s.nbd_port = me.nbd_port;
+        s.partitions = me.partitions;
         s.peer_count = me.peer_ports.len() as u16;
         s.peer_ports[..me.peer_ports.len()].copy_from_slice(&me.peer_ports);
         s.id = me.id.to_bytes();
@@ -301,6 +305,7 @@ mod tests {
             zone,
             capacity: 1 << 30,
             nbd_port: port + 3809,
+            partitions: 16,
             peer_ports: vec![port + 100, port + 200],
             pid,
         }

@@ -5,6 +5,8 @@
 //! trait.
 
 pub mod local;
+pub mod runtime;
+pub mod view;
 
 use collie_placement::node::NodeId;
 
@@ -18,6 +20,9 @@ pub struct Member {
     pub nbd_port: u16,
     /// The peer port of each shard, in shard order.
     pub peer_ports: Vec<u16>,
+    /// Partitions of the member's store: with `peer_ports.len()` shards this tells
+    /// which shard serves an oid there (`shard::owner_of(partition_of(..))`).
+    pub partitions: u32,
     pub pid: u32,
 }
 

@@ -88,6 +88,8 @@ pub enum ErrorCode {
     Io = 7,
     ShuttingDown = 8,
     Internal = 9,
+    /// A restarted cluster waits for members of its last epoch: no data yet.
+    Waiting = 10,
 }
 
 impl ErrorCode {
@@ -101,6 +103,7 @@ impl ErrorCode {
             6 => ErrorCode::NoSpace,
             7 => ErrorCode::Io,
             8 => ErrorCode::ShuttingDown,
+            10 => ErrorCode::Waiting,
             _ => ErrorCode::Internal,
         }
     }

@@ -3,10 +3,17 @@
 //! thing, before any thread exists, and the parent exits only once the child is
 //! listening (or prints the child's start-up error and fails).
 
+use collie_engine::cluster::local::LocalDriver;
+use collie_engine::cluster::runtime::{read_epoch_log, stale_reason, Cluster, PeerState};
+use collie_engine::cluster::ClusterDriver;
+use collie_engine::cluster::Member;
 use collie_engine::frontend::{serve_nbd, FrontendConfig};
-use collie_engine::node::{Node, NodeIdentity};
+use collie_engine::node::{read_format, Node, NodeIdentity};
+use collie_engine::peer::serve_peers;
+use collie_engine::store::fs_space;
 use collie_engine::{Store, StoreConfig};
-use collie_net::admin::{read_frame, write_frame, ErrorCode, Request, Response};
+use collie_net::admin::{read_frame, write_frame, AdminClient, ErrorCode, Request, Response};
+use collie_placement::node::NodeId;
 use std::io::Write;
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
@@ -20,7 +27,9 @@ const USAGE: &str = "usage: sheep [options] DIR
   -b, --bind ADDR        address to listen on (default 127.0.0.1)
       --nbd-port PORT    NBD port (default PORT + 3809: 7000 -> 10809)
   -z, --zone ZONE        failure domain of this node (default 0)
-  -c, --cluster DRIVER   cluster driver: local (default)
+  -c, --cluster DRIVER   cluster driver: local[:STATE_FILE] (default local, whose
+                         state file is /tmp/collie-local-cluster: every sheep on this
+                         machine with the same file is one cluster)
   -n, --nosync           do not fdatasync before acknowledging writes (benchmarks only)
   -f, --foreground       stay in the foreground and log to stderr
       --shards N         shard executors (default: one per core)
@@ -31,6 +40,11 @@ const USAGE: &str = "usage: sheep [options] DIR
 const MAX_ADMIN_CONNECTIONS: usize = 64;
 /// An admin connection idle this long is closed.
 const ADMIN_IDLE: Duration = Duration::from_secs(300);
+/// The local driver's shared state file unless `-c local:PATH` names another.
+const DEFAULT_LOCAL_STATE: &str = "/tmp/collie-local-cluster";
+/// How often the membership is polled: a dead member is noticed within this (plus the
+/// driver's own liveness check).
+const POLL_INTERVAL: Duration = Duration::from_millis(200);
 
 struct Options {
     dir: PathBuf,
@@ -38,6 +52,7 @@ struct Options {
     bind: IpAddr,
     nbd_port: u16,
     zone: u32,
+    cluster_state: PathBuf,
     nosync: bool,
     foreground: bool,
     shards: Option<usize>,
@@ -50,6 +65,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
     let mut bind: IpAddr = IpAddr::from([127, 0, 0, 1]);
     let mut nbd_port = None;
     let mut zone = 0;
+    let mut cluster_state = PathBuf::from(DEFAULT_LOCAL_STATE);
     let mut nosync = false;
     let mut foreground = false;
     let mut shards = None;
@@ -72,7 +88,14 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
             "-z" | "--zone" => zone = num(value(&mut it, a)?, a)?,
             "-c" | "--cluster" => match value(&mut it, a)? {
                 "local" => {}
-                other => return Err(format!("cluster driver '{other}' is not supported (local)")),
+                d if d.starts_with("local:") && d.len() > "local:".len() => {
+                    cluster_state = PathBuf::from(&d["local:".len()..]);
+                }
+                other => {
+                    return Err(format!(
+                        "cluster driver '{other}' is not supported (local or local:STATE_FILE)"
+                    ))
+                }
             },
             "-n" | "--nosync" => nosync = true,
             "-f" | "--foreground" => foreground = true,
@@ -105,6 +128,7 @@ fn parse_args(args: &[String]) -> Result<Options, String> {
         bind,
         nbd_port,
         zone,
+        cluster_state,
         nosync,
         foreground,
         shards,
@@ -297,11 +321,50 @@ fn run(
     let store = Store::open(cfg).map_err(|e| e.to_string())?;
     let shards = store.shard_count();
     let direct = store.direct_io();
-    let front = FrontendConfig {
-        handshake_timeout: opts.handshake_timeout,
-        ..FrontendConfig::default()
+
+    // Peers reach each shard on its own port (an ephemeral one, advertised through
+    // the membership), bound with std so that nobody else can share it.
+    let mut peer_listeners = Vec::with_capacity(shards);
+    for _ in 0..shards {
+        peer_listeners.push(bind(SocketAddr::new(opts.bind, 0), "peer")?);
+    }
+    let peer_ports = peer_listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()))
+        .collect::<Result<Vec<u16>, _>>()
+        .map_err(|e| format!("peer port: {e}"))?;
+    serve_peers(&store, peer_listeners).map_err(|e| format!("starting the peer server: {e}"))?;
+
+    let (mut capacity, _) = fs_space(&dir);
+    let format = read_format(&store)?;
+    let mut driver = LocalDriver::open(&opts.cluster_state).map_err(|e| e.to_string())?;
+    let running = driver.poll().map_err(|e| e.to_string())?;
+    let my_last = read_epoch_log(&dir).last().map(|r| r.epoch);
+    let peers: Vec<PeerState> = running
+        .members
+        .iter()
+        .filter_map(|m| peer_state(&m.id))
+        .collect();
+    if let Some(why) = stale_reason(my_last, format.is_some(), &peers) {
+        tracing::warn!(
+            "joining as a gateway (serves clients, holds no data): {why}; until recovery \
+             exists, restart it with an empty directory to make it a data node again"
+        );
+        capacity = 0;
+    }
+    let me = Member {
+        id: NodeId::new(opts.bind, opts.port),
+        zone: opts.zone,
+        capacity,
+        nbd_port: opts.nbd_port,
+        peer_ports,
+        pid: std::process::id(),
+        partitions: store.partition_count(),
     };
-    serve_nbd(&store, nbd, front).map_err(|e| format!("starting the NBD front end: {e}"))?;
+    let cluster = Arc::new(
+        Cluster::join(&store, Box::new(driver), me, format.map(|f| f.2))
+            .map_err(|e| format!("joining the cluster: {e}"))?,
+    );
     let addr = SocketAddr::new(opts.bind, opts.port).to_string();
     let node = Arc::new(Node::new(
         store,
@@ -310,7 +373,16 @@ fn run(
             zone: opts.zone,
             nosync: opts.nosync,
         },
+        cluster.clone(),
     ));
+    if format.is_none() {
+        adopt_format(&node);
+    }
+    let front = FrontendConfig {
+        handshake_timeout: opts.handshake_timeout,
+        ..FrontendConfig::default()
+    };
+    serve_nbd(node.store(), nbd, front).map_err(|e| format!("starting the NBD front end: {e}"))?;
     let stopping = Arc::new(AtomicBool::new(false));
     {
         let (node, stopping) = (Arc::downgrade(&node), stopping.clone());
@@ -318,6 +390,13 @@ fn run(
             .name("admin".into())
             .spawn(move || admin_loop(admin, node, stopping))
             .map_err(|e| format!("admin thread: {e}"))?;
+    }
+    {
+        let (node, stopping) = (Arc::downgrade(&node), stopping.clone());
+        std::thread::Builder::new()
+            .name("membership".into())
+            .spawn(move || poll_loop(&node, &stopping))
+            .map_err(|e| format!("membership thread: {e}"))?;
     }
     std::fs::write(pid_file(&dir), format!("{}\n", std::process::id()))
         .map_err(|e| format!("writing {}: {e}", pid_file(&dir).display()))?;
@@ -357,16 +436,81 @@ fn run(
         }
     };
     let Some(node) = node else {
+        cluster.leave();
         return Err(
             "an admin request did not finish within 30 s; exiting without a clean shutdown".into(),
         );
     };
+    // Leave first, so that the others stop sending us requests.
+    cluster.leave();
+    drop(cluster);
     node.into_store()
         .shutdown()
         .map_err(|e| format!("shutdown: {e}"))?;
     let _ = std::fs::remove_file(pid_file(&dir));
     tracing::info!("clean shutdown");
     Ok(())
+}
+
+/// Polls the membership until the node stops.
+fn poll_loop(node: &Weak<Node>, stopping: &AtomicBool) {
+    while !stopping.load(Ordering::SeqCst) {
+        std::thread::sleep(POLL_INTERVAL);
+        let Some(n) = node.upgrade() else { return };
+        if stopping.load(Ordering::SeqCst) {
+            return;
+        }
+        if let Err(e) = n.cluster().poll(n.store()) {
+            tracing::warn!("membership poll: {e}");
+        }
+    }
+}
+
+/// What the running member `id` says about the cluster (None if it does not answer).
+fn peer_state(id: &NodeId) -> Option<PeerState> {
+    let mut c =
+        AdminClient::connect(&id.addr().to_string(), id.port(), Duration::from_secs(5)).ok()?;
+    match c.call(&Request::ClusterInfo).ok()? {
+        Response::ClusterInfo(ci) => Some(PeerState {
+            formatted: ci.formatted.is_some(),
+            newest_epoch: ci.epochs.iter().map(|e| e.epoch).max(),
+        }),
+        // A member that is waiting or failing still tells us it exists.
+        _ => None,
+    }
+}
+
+/// A node that joins a formatted cluster without a format record of its own takes the
+/// cluster's (best effort: without it the node still serves, and `dog cluster info`
+/// on it says "not formatted").
+fn adopt_format(node: &Node) {
+    let Some(v) = node.cluster().view() else {
+        return;
+    };
+    for (i, m) in v.members.iter().enumerate() {
+        if v.is_me(i) {
+            continue;
+        }
+        let info = AdminClient::connect(
+            &m.id.addr().to_string(),
+            m.id.port(),
+            Duration::from_secs(5),
+        )
+        .ok()
+        .and_then(|mut c| c.call(&Request::ClusterInfo).ok());
+        if let Some(Response::ClusterInfo(ci)) = info {
+            if let Some(f) = ci.formatted {
+                let (r, _) = node.handle(Request::NodeFormat {
+                    redundancy: f.default_redundancy,
+                    force: false,
+                    ctime: f.ctime,
+                    vnode_bytes: f.vnode_bytes,
+                });
+                tracing::info!(from = %m.id, answer = ?r, "took the cluster's format record");
+            }
+            return;
+        }
+    }
 }
 
 fn admin_loop(listener: TcpListener, node: Weak<Node>, stopping: Arc<AtomicBool>) {
@@ -414,22 +558,21 @@ fn admin_connection(
                 },
                 false,
             ),
-            Ok(req) => {
-                let shutdown = req == Request::ClusterShutdown;
-                let resp = match node.upgrade() {
-                    Some(n) if !stopping.load(Ordering::SeqCst) => n.handle(req),
-                    _ => Response::Error {
+            Ok(req) => match node.upgrade() {
+                Some(n) if !stopping.load(Ordering::SeqCst) => n.handle(req),
+                _ => (
+                    Response::Error {
                         code: ErrorCode::ShuttingDown,
                         message: "sheep is shutting down".into(),
                     },
-                };
-                (resp, shutdown)
-            }
+                    false,
+                ),
+            },
         };
         let (op, status, body) = resp.encode();
         write_frame(&mut stream, op, status, h.id, &body).map_err(|e| e.to_string())?;
         if shutdown {
-            tracing::info!("shutdown requested by dog");
+            tracing::info!("shutdown requested");
             // SAFETY: sends SIGTERM to ourselves; the main thread's sigwait takes it.
             unsafe { libc::kill(libc::getpid(), libc::SIGTERM) };
             return Ok(());

@@ -6,6 +6,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod clients;
+pub mod fio;
 pub mod map;
 pub mod nbd_client;
 
@@ -156,6 +157,10 @@ pub struct Sheep {
     pub dir: PathBuf,
     pub port: u16,
     pub nbd_port: u16,
+    pub zone: u32,
+    /// The local cluster driver's state file: one per test (or per test cluster), so
+    /// that tests running at once never join each other's clusters.
+    pub cluster_state: PathBuf,
     pub extra: Vec<String>,
     /// Environment variables set for the daemon (e.g. `COLLIE_LOG`), on every launch.
     pub env: Vec<(String, String)>,
@@ -176,6 +181,8 @@ impl Sheep {
             dir: guard.path().join("store"),
             port: free_port(),
             nbd_port: free_port(),
+            zone: 0,
+            cluster_state: guard.path().join("cluster"),
             extra: extra.iter().map(|s| s.to_string()).collect(),
             env: env
                 .iter()
@@ -200,8 +207,13 @@ impl Sheep {
         c.envs(self.env.iter().map(|(k, v)| (k, v)))
             .args(["-p", &self.port.to_string()])
             .args(["--nbd-port", &self.nbd_port.to_string()])
-            .args(&self.extra)
-            .arg(&self.dir);
+            .args(["-z", &self.zone.to_string()])
+            .args(&self.extra);
+        if !self.extra.iter().any(|a| a == "-c" || a == "--cluster") {
+            c.arg("-c")
+                .arg(format!("local:{}", self.cluster_state.display()));
+        }
+        c.arg(&self.dir);
         c
     }
 
@@ -321,6 +333,87 @@ impl Drop for Sheep {
             signal(pid, libc::SIGKILL);
             wait_exit(pid, Duration::from_secs(10));
         }
+    }
+}
+
+/// Several sheep in one local cluster (one state file), node i in zone i, each in
+/// its own directory under one test directory. Every daemon is stopped by its pid
+/// when the fixture drops.
+pub struct Cluster {
+    pub nodes: Vec<Sheep>,
+    pub dir: PathBuf,
+    _guard: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Starts `n` sheep (`extra` options for each) and waits until every one sees all.
+    pub fn start(name: &str, n: usize, extra: &[&str]) -> Cluster {
+        let guard = test_dir(name);
+        let dir = guard.path().to_path_buf();
+        let mut nodes = Vec::with_capacity(n);
+        for i in 0..n {
+            let mut s = Sheep {
+                dir: dir.join(format!("store{i}")),
+                port: free_port(),
+                nbd_port: free_port(),
+                zone: i as u32,
+                cluster_state: dir.join("cluster"),
+                extra: extra.iter().map(|s| s.to_string()).collect(),
+                env: Vec::new(),
+                pid: None,
+                _guard: None,
+            };
+            s.launch();
+            nodes.push(s);
+        }
+        let c = Cluster {
+            nodes,
+            dir,
+            _guard: guard,
+        };
+        c.wait_members(n);
+        c
+    }
+
+    /// [`Cluster::start`], then `dog cluster format -c copies`.
+    pub fn formatted(name: &str, n: usize, copies: u32, extra: &[&str]) -> Cluster {
+        let c = Cluster::start(name, n, extra);
+        c.nodes[0].dog_ok(&["cluster", "format", "-c", &copies.to_string()]);
+        c
+    }
+
+    /// The running nodes.
+    pub fn live(&self) -> impl Iterator<Item = &Sheep> {
+        self.nodes.iter().filter(|s| s.pid.is_some())
+    }
+
+    /// Waits (up to 10 s) until every running node's `dog node list` has `n` members.
+    pub fn wait_members(&self, n: usize) {
+        let end = Instant::now() + Duration::from_secs(10);
+        for s in self.live() {
+            loop {
+                let list = s.dog_ok(&["node", "list", "-r"]);
+                if list.lines().count() == n {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "node {} sees {} members, expected {n}:\n{list}",
+                    s.port,
+                    list.lines().count()
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
+    /// The epoch in node `i`'s `dog cluster info -r` (its newest history line).
+    pub fn epoch(&self, i: usize) -> u32 {
+        let info = self.nodes[i].dog_ok(&["cluster", "info", "-r"]);
+        info.lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse().ok())
+            .next()
+            .unwrap_or_else(|| panic!("no epoch in cluster info:\n{info}"))
     }
 }
 

@@ -1,0 +1,450 @@
+//! The gateway: how a shard reaches every copy of an object, wherever in the cluster it
+//! lives. For each request it asks the current view (this shard's copy of the cluster
+//! membership) for the object's targets, then works on each one either on this node
+//! (through the shard mesh, to the owning shard) or on the owning shard of another
+//! node (peer RPC, pooled connections).
+//!
+//! Replicated objects:
+//! - A write goes to every target in parallel and is acknowledged when all of them
+//!   have it durably. A write of part of an object is sent "must exist": a target that
+//!   does not hold the object (it became a target when a member died) first gets the
+//!   whole object from one that does, so no copy ever holds an object whose other bytes
+//!   read as zeros. An object no target holds is new, and is created everywhere.
+//! - A read goes to one copy, this node's first; a copy that is missing, damaged or
+//!   unreachable sends it to the next.
+//! - When a peer is unreachable or at another epoch, the request waits for the
+//!   membership to settle (a dead member is removed within about a second) and runs
+//!   again on the new targets; writes are idempotent, so running one twice is safe.
+//!
+//! Without a cluster (engine tests, tools) there is no view and every object is local.
+
+use crate::cluster::view::ClusterView;
+use crate::cluster::Member;
+use crate::error::{Result, StoreError};
+use crate::partition::{ObjectInfo, WriteMeta};
+use crate::peer::{self, Call, RpcError};
+use crate::shard::{owner_of, partition_of, Reply, Shard};
+use collie_net::peer::{decode_oids, Op};
+use futures::future::join_all;
+use std::cell::RefCell;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Copies of metadata objects (inodes): as many as the zones allow, up to this.
+pub const META_COPIES: usize = 3;
+/// How long a request waits for the membership to settle before it fails.
+pub const SETTLE: Duration = Duration::from_secs(10);
+const RETRY_PAUSE: Duration = Duration::from_millis(100);
+
+thread_local! {
+    /// This shard's view of the cluster; replaced (never mutated) at each epoch.
+    static VIEW: RefCell<Option<Arc<ClusterView>>> = const { RefCell::new(None) };
+}
+
+/// Installs this shard's view (the cluster thread calls it on every shard).
+pub fn set_view(v: Option<Arc<ClusterView>>) {
+    VIEW.with(|c| *c.borrow_mut() = v);
+}
+
+pub fn view() -> Option<Arc<ClusterView>> {
+    VIEW.with(|c| c.borrow().clone())
+}
+
+/// This shard's epoch; 0 without a cluster.
+pub fn current_epoch() -> u32 {
+    VIEW.with(|c| c.borrow().as_ref().map_or(0, |v| v.epoch))
+}
+
+/// Where one copy is.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Local,
+    Remote(SocketAddr),
+}
+
+/// The peer port of the shard of `m` that serves `oid`.
+fn peer_addr(m: &Member, oid: u64) -> Option<SocketAddr> {
+    if m.peer_ports.is_empty() || m.partitions == 0 {
+        return None;
+    }
+    let shard = owner_of(partition_of(oid, m.partitions), m.peer_ports.len());
+    Some(SocketAddr::new(m.id.addr(), m.peer_ports[shard]))
+}
+
+fn unreachable(m: &Member, why: &str) -> RpcError {
+    RpcError::Unreachable {
+        addr: m.id.socket_addr(),
+        why: why.into(),
+    }
+}
+
+/// A shard's gateway. Cheap to make: one per request is fine.
+#[derive(Clone)]
+pub struct Gateway {
+    shard: Rc<Shard>,
+}
+
+impl Gateway {
+    pub fn new(shard: Rc<Shard>) -> Gateway {
+        Gateway { shard }
+    }
+
+    pub fn shard(&self) -> &Rc<Shard> {
+        &self.shard
+    }
+
+    /// The epoch and targets of `oid` with `copies` copies, in placement order.
+    fn targets(
+        &self,
+        oid: u64,
+        copies: usize,
+    ) -> std::result::Result<(u32, Vec<Target>), RpcError> {
+        let Some(v) = view() else {
+            return Ok((0, vec![Target::Local]));
+        };
+        let mut out = Vec::with_capacity(copies);
+        for i in v.targets(oid, copies) {
+            if v.is_me(i) {
+                out.push(Target::Local);
+            } else {
+                let m = &v.members[i];
+                let addr = peer_addr(m, oid).ok_or_else(|| unreachable(m, "no peer port"))?;
+                out.push(Target::Remote(addr));
+            }
+        }
+        if out.is_empty() {
+            return Err(RpcError::Store(StoreError::io(
+                format!("object {oid:#018x}"),
+                std::io::Error::other("the cluster has no member that stores data"),
+            )));
+        }
+        Ok((v.epoch, out))
+    }
+
+    /// Runs `attempt` until it succeeds or fails for a reason other than membership
+    /// (an unreachable peer, an epoch mismatch), for at most [`SETTLE`].
+    async fn settled<T, F, Fut>(&self, oid: u64, mut attempt: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, RpcError>>,
+    {
+        let deadline = Instant::now() + SETTLE;
+        loop {
+            match attempt().await {
+                Ok(v) => return Ok(v),
+                Err(RpcError::Store(e)) => return Err(e),
+                Err(e) if Instant::now() >= deadline => {
+                    return Err(StoreError::io(
+                        format!("object {oid:#018x}"),
+                        std::io::Error::other(format!(
+                            "{e} (membership did not settle within {SETTLE:?})"
+                        )),
+                    ))
+                }
+                Err(e) => {
+                    tracing::debug!(oid = format!("{oid:#018x}"), "retrying: {e}");
+                    glommio::timer::sleep(RETRY_PAUSE).await;
+                }
+            }
+        }
+    }
+
+    /// One call on one copy.
+    async fn exec(
+        &self,
+        epoch: u32,
+        t: Target,
+        c: &Call<'_>,
+    ) -> std::result::Result<Reply, RpcError> {
+        let sh = &self.shard;
+        let addr = match t {
+            Target::Local => {
+                return Ok(match c.op {
+                    Op::Write => {
+                        sh.write_if(c.oid, c.offset, c.payload, c.meta, c.must_exist)
+                            .await?;
+                        Reply::Done
+                    }
+                    Op::Read => Reply::Data(sh.read(c.oid, c.offset, c.len).await?),
+                    Op::Discard => {
+                        sh.discard(c.oid, c.offset, c.len, c.meta).await?;
+                        Reply::Done
+                    }
+                    Op::Remove => {
+                        sh.remove(c.oid).await?;
+                        Reply::Done
+                    }
+                    Op::Stat => Reply::Stat(sh.stat(c.oid).await?),
+                    Op::Extents => Reply::Extents(sh.extents(c.oid, c.offset, c.len).await?),
+                    Op::List => Reply::List(sh.list().await?),
+                })
+            }
+            Target::Remote(addr) => addr,
+        };
+        let answer = peer::call(addr, epoch, c).await;
+        Ok(match c.op {
+            Op::Stat => match answer {
+                Ok(p) => Reply::Stat(Some(peer::stat_of(c.oid, &p)?)),
+                Err(RpcError::Store(StoreError::NotFound(_))) => Reply::Stat(None),
+                Err(e) => return Err(e),
+            },
+            Op::Read => Reply::Data(answer?),
+            Op::Extents => Reply::Extents(peer::extents_of(&answer?)?),
+            Op::List => {
+                Reply::List(decode_oids(&answer?).map_err(|e| {
+                    StoreError::io("peer list", std::io::Error::other(e.to_string()))
+                })?)
+            }
+            Op::Write | Op::Discard | Op::Remove => {
+                answer?;
+                Reply::Done
+            }
+        })
+    }
+
+    /// Targets with this node's copy first (reads prefer it).
+    fn local_first(ts: &[Target]) -> Vec<Target> {
+        let mut v = ts.to_vec();
+        v.sort_by_key(|t| !matches!(t, Target::Local));
+        v
+    }
+
+    /// Writes `data` at `offset` of `oid` on all its copies; returns when every copy
+    /// has it durably.
+    pub async fn write(
+        &self,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        meta: WriteMeta,
+        copies: usize,
+    ) -> Result<()> {
+        let whole = offset == 0 && data.len() as u64 == meta.object_size;
+        self.settled(oid, || async {
+            let (epoch, ts) = self.targets(oid, copies)?;
+            let mut c = Call::new(Op::Write, oid);
+            c.offset = offset;
+            c.len = data.len() as u64;
+            c.meta = meta;
+            c.must_exist = !whole;
+            c.payload = data;
+            let done = join_all(ts.iter().map(|&t| self.exec(epoch, t, &c))).await;
+            let mut missing = Vec::new();
+            let mut holder = None;
+            for (&t, r) in ts.iter().zip(done) {
+                match r {
+                    Ok(_) => holder = Some(t),
+                    Err(RpcError::Store(StoreError::NotFound(_))) => missing.push(t),
+                    Err(e) => return Err(e),
+                }
+            }
+            if missing.is_empty() {
+                return Ok(());
+            }
+            match holder {
+                // No copy anywhere: a new object.
+                None => {
+                    c.must_exist = false;
+                    for r in join_all(missing.iter().map(|&t| self.exec(epoch, t, &c))).await {
+                        r?;
+                    }
+                }
+                Some(src) => {
+                    for t in missing {
+                        self.copy_object(epoch, src, t, oid, meta).await?;
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Gives `to` the whole object as `from` holds it (its data runs; holes stay holes).
+    async fn copy_object(
+        &self,
+        epoch: u32,
+        from: Target,
+        to: Target,
+        oid: u64,
+        meta: WriteMeta,
+    ) -> std::result::Result<(), RpcError> {
+        let mut ext = Call::new(Op::Extents, oid);
+        ext.len = meta.object_size;
+        let Reply::Extents(runs) = self.exec(epoch, from, &ext).await? else {
+            return Err(StoreError::Invalid("extents answer expected".into()).into());
+        };
+        let mut at = 0u64;
+        let mut wrote = false;
+        for (len, data) in runs {
+            if data {
+                let mut rd = Call::new(Op::Read, oid);
+                rd.offset = at;
+                rd.len = len;
+                let Reply::Data(bytes) = self.exec(epoch, from, &rd).await? else {
+                    return Err(StoreError::Invalid("data answer expected".into()).into());
+                };
+                let mut w = Call::new(Op::Write, oid);
+                w.offset = at;
+                w.len = len;
+                w.meta = meta;
+                w.payload = &bytes;
+                self.exec(epoch, to, &w).await?;
+                wrote = true;
+            }
+            at += len;
+        }
+        if !wrote {
+            // An object of holes only still exists: create it with its first byte.
+            let mut w = Call::new(Op::Discard, oid);
+            w.len = meta.object_size;
+            w.meta = meta;
+            let zero = [0u8; 1];
+            let mut c = Call::new(Op::Write, oid);
+            c.len = 1;
+            c.meta = meta;
+            c.payload = &zero;
+            self.exec(epoch, to, &c).await?;
+            self.exec(epoch, to, &w).await?;
+        }
+        Ok(())
+    }
+
+    /// Tries the copies in order (this node's first) until one answers other than
+    /// "not found"; `Ok(None)` if none has the object.
+    async fn first_copy(&self, oid: u64, copies: usize, c: &Call<'_>) -> Result<Option<Reply>> {
+        self.settled(oid, || async {
+            let (epoch, ts) = self.targets(oid, copies)?;
+            let mut failed = None;
+            for t in Self::local_first(&ts) {
+                match self.exec(epoch, t, c).await {
+                    Ok(Reply::Stat(None)) => {}
+                    Ok(r) => return Ok(Some(r)),
+                    Err(RpcError::Store(StoreError::NotFound(_))) => {}
+                    Err(e) => {
+                        tracing::warn!(
+                            oid = format!("{oid:#018x}"),
+                            target = ?t,
+                            "copy failed, trying the next: {e}"
+                        );
+                        failed = Some(e);
+                    }
+                }
+            }
+            match failed {
+                None => Ok(None),
+                Some(e) => Err(e),
+            }
+        })
+        .await
+    }
+
+    /// Reads `len` bytes at `offset` of `oid` from one copy. `NotFound` if no copy
+    /// exists (the caller reads that as zeros).
+    pub async fn read(&self, oid: u64, offset: u64, len: u64, copies: usize) -> Result<Vec<u8>> {
+        let mut c = Call::new(Op::Read, oid);
+        c.offset = offset;
+        c.len = len;
+        match self.first_copy(oid, copies, &c).await? {
+            Some(Reply::Data(d)) => Ok(d),
+            Some(_) => Err(StoreError::Invalid("data answer expected".into())),
+            None => Err(StoreError::NotFound(oid)),
+        }
+    }
+
+    pub async fn stat(&self, oid: u64, copies: usize) -> Result<Option<ObjectInfo>> {
+        match self
+            .first_copy(oid, copies, &Call::new(Op::Stat, oid))
+            .await?
+        {
+            Some(Reply::Stat(s)) => Ok(s),
+            Some(_) => Err(StoreError::Invalid("stat answer expected".into())),
+            None => Ok(None),
+        }
+    }
+
+    /// `(length, has_data)` runs of `[offset, offset+len)` of `oid` (one copy's).
+    pub async fn extents(
+        &self,
+        oid: u64,
+        offset: u64,
+        len: u64,
+        copies: usize,
+    ) -> Result<Vec<(u64, bool)>> {
+        let mut c = Call::new(Op::Extents, oid);
+        c.offset = offset;
+        c.len = len;
+        match self.first_copy(oid, copies, &c).await? {
+            Some(Reply::Extents(e)) => Ok(e),
+            Some(_) => Err(StoreError::Invalid("extents answer expected".into())),
+            None => Err(StoreError::NotFound(oid)),
+        }
+    }
+
+    /// Runs `c` on every copy; a copy that does not exist counts as done.
+    async fn on_all(&self, oid: u64, copies: usize, c: &Call<'_>) -> Result<()> {
+        self.settled(oid, || async {
+            let (epoch, ts) = self.targets(oid, copies)?;
+            for r in join_all(ts.iter().map(|&t| self.exec(epoch, t, c))).await {
+                match r {
+                    Ok(_) | Err(RpcError::Store(StoreError::NotFound(_))) => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Makes a range of every copy a hole.
+    pub async fn discard(
+        &self,
+        oid: u64,
+        offset: u64,
+        len: u64,
+        meta: WriteMeta,
+        copies: usize,
+    ) -> Result<()> {
+        let mut c = Call::new(Op::Discard, oid);
+        c.offset = offset;
+        c.len = len;
+        c.meta = meta;
+        self.on_all(oid, copies, &c).await
+    }
+
+    /// Removes every copy.
+    pub async fn remove(&self, oid: u64, copies: usize) -> Result<()> {
+        self.on_all(oid, copies, &Call::new(Op::Remove, oid)).await
+    }
+
+    /// Every object on every member (sorted, each once).
+    pub async fn list_all(&self) -> Result<Vec<u64>> {
+        let Some(v) = view() else {
+            return self.shard.list().await;
+        };
+        let mut all = self
+            .settled(0, || async {
+                let mut all = Vec::new();
+                for (i, m) in v.members.iter().enumerate() {
+                    let t = if v.is_me(i) {
+                        Target::Local
+                    } else {
+                        match m.peer_ports.first() {
+                            Some(&p) => Target::Remote(SocketAddr::new(m.id.addr(), p)),
+                            None => continue,
+                        }
+                    };
+                    if let Reply::List(l) = self.exec(v.epoch, t, &Call::new(Op::List, 0)).await? {
+                        all.extend(l);
+                    }
+                }
+                Ok(all)
+            })
+            .await?;
+        all.sort_unstable();
+        all.dedup();
+        Ok(all)
+    }
+}
