@@ -1,0 +1,177 @@
+//! The peer RPC server of every shard, spoken to with raw frames: writes, reads, the
+//! "must exist" flag, stat, epochs, and bytes from outside that are not a valid
+//! request (garbage, a lying payload length, a response sent as a request, a read too
+//! long for a frame). Each bad frame costs at most its connection; the server keeps
+//! answering new ones.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+use support::*;
+
+use collie_engine::cluster::view::ClusterView;
+use collie_engine::cluster::{Member, View};
+use collie_engine::gateway::set_view;
+use collie_engine::peer::serve_peers;
+use collie_engine::Store;
+use collie_net::peer::{
+    decode_stat, status, Op, PeerHeader, FLAG_MUST_EXIST, HEADER_LEN, MAX_PAYLOAD,
+};
+use collie_placement::node::NodeId;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::Arc;
+use std::time::Duration;
+
+const EPOCH: u32 = 5;
+
+/// A store whose shards serve peers, with a one-member view at `EPOCH`.
+fn serving(dir: &std::path::Path) -> (Store, Vec<SocketAddr>) {
+    let store = Store::open(small_config(dir)).unwrap();
+    let listeners: Vec<TcpListener> = (0..store.shard_count())
+        .map(|_| TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    let addrs: Vec<SocketAddr> = listeners.iter().map(|l| l.local_addr().unwrap()).collect();
+    let me = Member {
+        id: NodeId::new([127, 0, 0, 1].into(), 7000),
+        zone: 0,
+        capacity: 1 << 30,
+        nbd_port: 10809,
+        peer_ports: addrs.iter().map(SocketAddr::port).collect(),
+        pid: std::process::id(),
+        partitions: store.partition_count(),
+    };
+    let view = View {
+        epoch: EPOCH,
+        members: vec![me.clone()],
+    };
+    let view = Arc::new(ClusterView::new(view, 1 << 20, me.id, Vec::new()).unwrap());
+    for shard in 0..store.shard_count() {
+        let v = view.clone();
+        store
+            .run_on(shard, move |_| async move { set_view(Some(v)) })
+            .unwrap();
+    }
+    serve_peers(&store, listeners).unwrap();
+    (store, addrs)
+}
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s
+}
+
+/// Sends one request and returns the response header and payload.
+fn call(s: &mut TcpStream, mut h: PeerHeader, payload: &[u8]) -> (PeerHeader, Vec<u8>) {
+    h = h.seal(payload);
+    s.write_all(&h.to_bytes()).unwrap();
+    s.write_all(payload).unwrap();
+    let mut hb = [0u8; HEADER_LEN];
+    s.read_exact(&mut hb).unwrap();
+    let r = PeerHeader::decode(&hb).unwrap();
+    let mut p = vec![0u8; r.payload_len as usize];
+    s.read_exact(&mut p).unwrap();
+    r.check_payload(&p).unwrap();
+    assert!(r.is_response() && r.id == h.id, "answer to another request");
+    (r, p)
+}
+
+fn request(op: Op, oid: u64, offset: u64, len: u64) -> PeerHeader {
+    let mut h = PeerHeader::request(op, oid ^ offset, EPOCH, oid);
+    h.offset = offset;
+    h.len = len;
+    h.object_size = OBJ;
+    h
+}
+
+/// True once the server has closed this connection (EOF or reset).
+fn closed(s: &mut TcpStream) -> bool {
+    let mut b = [0u8; 1];
+    matches!(s.read(&mut b), Ok(0) | Err(_))
+}
+
+#[test]
+fn peer_rpc_serves_and_refuses() {
+    let dir = test_dir("peer-rpc");
+    let (_store, addrs) = serving(dir.path());
+    let data = pattern(1, 10_000);
+
+    // Every shard's port serves every object (a request for another shard's object
+    // crosses the mesh); a fresh object per port.
+    for (i, &addr) in addrs.iter().enumerate() {
+        let oid = 7u64 << 32 | i as u64;
+        let mut s = connect(addr);
+        // Part of an object nobody holds, "must exist": refused, nothing written.
+        let mut h = request(Op::Write, oid, 4096, data.len() as u64);
+        h.flags |= FLAG_MUST_EXIST;
+        let (r, _) = call(&mut s, h, &data);
+        assert_eq!(r.status, status::NOT_FOUND);
+        let (r, _) = call(&mut s, request(Op::Stat, oid, 0, 0), &[]);
+        assert_eq!(
+            r.status,
+            status::NOT_FOUND,
+            "a refused write must not create the object"
+        );
+
+        // Plain write, then "must exist" succeeds; read and stat see both.
+        let (r, _) = call(
+            &mut s,
+            request(Op::Write, oid, 4096, data.len() as u64),
+            &data,
+        );
+        assert_eq!(r.status, status::OK);
+        let mut h = request(Op::Write, oid, 0, 3);
+        h.flags |= FLAG_MUST_EXIST;
+        assert_eq!(call(&mut s, h, b"abc").0.status, status::OK);
+        let (r, got) = call(&mut s, request(Op::Read, oid, 0, 4096 + 10_000), &[]);
+        assert_eq!(r.status, status::OK);
+        assert_eq!(&got[..3], b"abc");
+        assert!(got[3..4096].iter().all(|&b| b == 0));
+        assert_eq!(&got[4096..], &data[..]);
+        let (r, st) = call(&mut s, request(Op::Stat, oid, 0, 0), &[]);
+        assert_eq!(r.status, status::OK);
+        assert_eq!(decode_stat(&st).unwrap().0, OBJ);
+
+        // Another epoch: refused with ours.
+        let mut h = request(Op::Read, oid, 0, 16);
+        h.epoch = EPOCH + 1;
+        let (r, _) = call(&mut s, h, &[]);
+        assert_eq!((r.status, r.epoch), (status::WRONG_EPOCH, EPOCH));
+
+        // A read longer than a frame, and one past the object: errors, not data.
+        let (r, _) = call(
+            &mut s,
+            request(Op::Read, oid, 0, u64::from(MAX_PAYLOAD) + 1),
+            &[],
+        );
+        assert_eq!(r.status, status::INVALID);
+        let (r, _) = call(&mut s, request(Op::Read, oid, OBJ - 1, 2), &[]);
+        assert_eq!(r.status, status::INVALID);
+
+        // Garbage instead of a header: the connection ends.
+        s.write_all(&[0x5a; HEADER_LEN]).unwrap();
+        assert!(closed(&mut s));
+
+        // A header claiming more payload than any frame may carry: refused before
+        // anything is allocated.
+        let mut s = connect(addr);
+        let mut h = request(Op::Write, oid, 0, 16).seal(&[]);
+        h.payload_len = u32::MAX;
+        h.header_crc = crc32c::crc32c(&bytemuck::bytes_of(&h)[..HEADER_LEN - 4]);
+        s.write_all(&h.to_bytes()).unwrap();
+        assert!(closed(&mut s));
+
+        // A response sent as a request: the connection ends.
+        let mut s = connect(addr);
+        let req = request(Op::Read, oid, 0, 16);
+        let resp = PeerHeader::response(&req, status::OK, EPOCH).seal(&[]);
+        s.write_all(&resp.to_bytes()).unwrap();
+        assert!(closed(&mut s));
+
+        // The server still answers.
+        let mut s = connect(addr);
+        let (r, got) = call(&mut s, request(Op::Read, oid, 4096, 100), &[]);
+        assert_eq!(r.status, status::OK);
+        assert_eq!(got, data[..100]);
+    }
+}
