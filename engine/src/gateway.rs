@@ -7,9 +7,11 @@
 //! Replicated objects:
 //! - A write goes to every target in parallel and is acknowledged when all of them
 //!   have it durably. A write of part of an object is sent "must exist": a target that
-//!   does not hold the object (it became a target when a member died) first gets the
-//!   whole object from one that does, so no copy ever holds an object whose other bytes
-//!   read as zeros. An object no target holds is new, and is created everywhere.
+//!   does not hold the object (it became a target when a member died) does not take
+//!   it, so no copy ever holds an object whose other bytes read as zeros; the object
+//!   stays degraded until recovery copies it whole. An object no target holds is new,
+//!   and is created everywhere. Overlapping changes from one shard reach the copies
+//!   one after the other ([`lock_range`]), so the copies apply them in one order.
 //! - A read goes to one copy, this node's first; a copy that is missing, damaged or
 //!   unreachable sends it to the next.
 //! - When a peer is unreachable or at another epoch, the request waits for the
@@ -25,8 +27,10 @@ use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{self, Call, RpcError};
 use crate::shard::{owner_of, partition_of, Reply, Shard};
 use collie_net::peer::{decode_oids, Op};
-use futures::future::join_all;
-use std::cell::RefCell;
+use futures::channel::oneshot;
+use futures::future::{join_all, FutureExt, Shared};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -41,6 +45,75 @@ const RETRY_PAUSE: Duration = Duration::from_millis(100);
 thread_local! {
     /// This shard's view of the cluster; replaced (never mutated) at each epoch.
     static VIEW: RefCell<Option<Arc<ClusterView>>> = const { RefCell::new(None) };
+    /// Ranges of objects this shard is changing now, by oid (see [`lock_range`]).
+    static CHANGING: RefCell<HashMap<u64, Vec<Changing>>> = RefCell::new(HashMap::new());
+    static NEXT_LOCK: Cell<u64> = const { Cell::new(0) };
+}
+
+/// One range being changed; `done` resolves when its guard drops.
+struct Changing {
+    start: u64,
+    end: u64,
+    id: u64,
+    done: Shared<oneshot::Receiver<()>>,
+}
+
+/// Held while a change to `[start, end)` of an object is in flight on its copies.
+struct RangeGuard {
+    oid: u64,
+    id: u64,
+    // Dropped after `drop` below has removed the entry: wakes every waiter.
+    _done: oneshot::Sender<()>,
+}
+
+impl Drop for RangeGuard {
+    fn drop(&mut self) {
+        CHANGING.with(|c| {
+            let mut c = c.borrow_mut();
+            if let Some(list) = c.get_mut(&self.oid) {
+                list.retain(|h| h.id != self.id);
+                if list.is_empty() {
+                    c.remove(&self.oid);
+                }
+            }
+        });
+    }
+}
+
+/// Waits until no change overlapping `[start, end)` of `oid` is in flight on this shard,
+/// then claims the range. Every copy receives overlapping changes from this shard in
+/// the same order, so the copies cannot end up different (NBD leaves the outcome of
+/// overlapping writes in flight together undefined, but the copies must agree).
+async fn lock_range(oid: u64, start: u64, end: u64) -> RangeGuard {
+    loop {
+        let busy = CHANGING.with(|c| {
+            c.borrow().get(&oid).and_then(|list| {
+                list.iter()
+                    .find(|h| h.start < end && start < h.end)
+                    .map(|h| h.done.clone())
+            })
+        });
+        match busy {
+            Some(done) => {
+                let _ = done.await;
+            }
+            None => break,
+        }
+    }
+    let (tx, rx) = oneshot::channel();
+    let id = NEXT_LOCK.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
+    });
+    CHANGING.with(|c| {
+        c.borrow_mut().entry(oid).or_default().push(Changing {
+            start,
+            end,
+            id,
+            done: rx.shared(),
+        })
+    });
+    RangeGuard { oid, id, _done: tx }
 }
 
 /// Installs this shard's view (the cluster thread calls it on every shard).
@@ -212,7 +285,7 @@ impl Gateway {
     }
 
     /// Writes `data` at `offset` of `oid` on all its copies; returns when every copy
-    /// has it durably.
+    /// that holds the object has it durably.
     pub async fn write(
         &self,
         oid: u64,
@@ -221,6 +294,36 @@ impl Gateway {
         meta: WriteMeta,
         copies: usize,
     ) -> Result<()> {
+        {
+            let _range = lock_range(oid, offset, offset + data.len() as u64).await;
+            if self
+                .write_copies(oid, offset, data, meta, copies, false)
+                .await?
+            {
+                return Ok(());
+            }
+        }
+        // No target holds the object: create it, with nothing else of this shard
+        // changing it meanwhile (a write to another range that ran beside the creation
+        // would find some copies created and others not, and skip those). Checked again
+        // under the lock: another writer may have created it since.
+        let _object = lock_range(oid, 0, u64::MAX).await;
+        self.write_copies(oid, offset, data, meta, copies, true)
+            .await
+            .map(|_| ())
+    }
+
+    /// One write on every target that holds the object (all of them, if `create`).
+    /// False if no target holds it (and `create` is not set).
+    async fn write_copies(
+        &self,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        meta: WriteMeta,
+        copies: usize,
+        create: bool,
+    ) -> Result<bool> {
         let whole = offset == 0 && data.len() as u64 == meta.object_size;
         self.settled(oid, || async {
             let (epoch, ts) = self.targets(oid, copies)?;
@@ -232,84 +335,37 @@ impl Gateway {
             c.payload = data;
             let done = join_all(ts.iter().map(|&t| self.exec(epoch, t, &c))).await;
             let mut missing = Vec::new();
-            let mut holder = None;
             for (&t, r) in ts.iter().zip(done) {
                 match r {
-                    Ok(_) => holder = Some(t),
+                    Ok(_) => {}
                     Err(RpcError::Store(StoreError::NotFound(_))) => missing.push(t),
                     Err(e) => return Err(e),
                 }
             }
             if missing.is_empty() {
-                return Ok(());
+                return Ok(true);
             }
-            match holder {
-                // No copy anywhere: a new object.
-                None => {
-                    c.must_exist = false;
-                    for r in join_all(missing.iter().map(|&t| self.exec(epoch, t, &c))).await {
-                        r?;
-                    }
-                }
-                Some(src) => {
-                    for t in missing {
-                        self.copy_object(epoch, src, t, oid, meta).await?;
-                    }
-                }
+            if missing.len() < ts.len() {
+                // The targets that lack the object became targets when a member died.
+                // They get no part of it (a partial copy would read zeros for the
+                // rest): the object is degraded until recovery copies it whole.
+                tracing::debug!(
+                    oid = format!("{oid:#018x}"),
+                    missing = missing.len(),
+                    "degraded write: some targets do not hold the object"
+                );
+                return Ok(true);
             }
-            Ok(())
+            if !create {
+                return Ok(false);
+            }
+            c.must_exist = false;
+            for r in join_all(missing.iter().map(|&t| self.exec(epoch, t, &c))).await {
+                r?;
+            }
+            Ok(true)
         })
         .await
-    }
-
-    /// Gives `to` the whole object as `from` holds it (its data runs; holes stay holes).
-    async fn copy_object(
-        &self,
-        epoch: u32,
-        from: Target,
-        to: Target,
-        oid: u64,
-        meta: WriteMeta,
-    ) -> std::result::Result<(), RpcError> {
-        let mut ext = Call::new(Op::Extents, oid);
-        ext.len = meta.object_size;
-        let Reply::Extents(runs) = self.exec(epoch, from, &ext).await? else {
-            return Err(StoreError::Invalid("extents answer expected".into()).into());
-        };
-        let mut at = 0u64;
-        let mut wrote = false;
-        for (len, data) in runs {
-            if data {
-                let mut rd = Call::new(Op::Read, oid);
-                rd.offset = at;
-                rd.len = len;
-                let Reply::Data(bytes) = self.exec(epoch, from, &rd).await? else {
-                    return Err(StoreError::Invalid("data answer expected".into()).into());
-                };
-                let mut w = Call::new(Op::Write, oid);
-                w.offset = at;
-                w.len = len;
-                w.meta = meta;
-                w.payload = &bytes;
-                self.exec(epoch, to, &w).await?;
-                wrote = true;
-            }
-            at += len;
-        }
-        if !wrote {
-            // An object of holes only still exists: create it with its first byte.
-            let mut w = Call::new(Op::Discard, oid);
-            w.len = meta.object_size;
-            w.meta = meta;
-            let zero = [0u8; 1];
-            let mut c = Call::new(Op::Write, oid);
-            c.len = 1;
-            c.meta = meta;
-            c.payload = &zero;
-            self.exec(epoch, to, &c).await?;
-            self.exec(epoch, to, &w).await?;
-        }
-        Ok(())
     }
 
     /// Tries the copies in order (this node's first) until one answers other than
@@ -411,11 +467,13 @@ impl Gateway {
         c.offset = offset;
         c.len = len;
         c.meta = meta;
+        let _range = lock_range(oid, offset, offset.saturating_add(len)).await;
         self.on_all(oid, copies, &c).await
     }
 
     /// Removes every copy.
     pub async fn remove(&self, oid: u64, copies: usize) -> Result<()> {
+        let _object = lock_range(oid, 0, u64::MAX).await;
         self.on_all(oid, copies, &Call::new(Op::Remove, oid)).await
     }
 
@@ -446,5 +504,42 @@ impl Gateway {
         all.sort_unstable();
         all.dedup();
         Ok(all)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn overlapping_changes_wait_and_others_do_not() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                let order = Rc::new(RefCell::new(Vec::new()));
+                let a = lock_range(1, 0, 10).await;
+                let o = order.clone();
+                let b = glommio::spawn_local(async move {
+                    let _b = lock_range(1, 5, 15).await;
+                    o.borrow_mut().push("b");
+                });
+                // Another object, and a range of this one that does not overlap: no wait.
+                let _c = lock_range(2, 0, 10).await;
+                let d = lock_range(1, 10, 20).await;
+                glommio::yield_if_needed().await;
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                assert!(order.borrow().is_empty(), "b ran while a held an overlap");
+                order.borrow_mut().push("a done");
+                drop(a);
+                // b now waits for d ([10, 20) overlaps [5, 15)).
+                glommio::timer::sleep(Duration::from_millis(10)).await;
+                assert_eq!(*order.borrow(), vec!["a done"]);
+                drop(d);
+                b.await;
+                assert_eq!(*order.borrow(), vec!["a done", "b"]);
+                assert!(CHANGING.with(|c| c.borrow().get(&1).is_none()));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -10,7 +10,7 @@ use support::clients::{self, qemu_img, qemu_io_ok};
 use support::*;
 
 use std::collections::HashSet;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const SIZE: u64 = 256 * MIB;
 const OBJECT: u64 = 4 * MIB;
@@ -149,15 +149,7 @@ fn six_nodes_keep_three_copies_in_three_zones_and_survive_a_restart() {
     assert!(clients::qemu_io(&c.nodes[1].uri("replica"), &["read 0 4096"]).is_err());
 
     c.nodes[5].launch();
-    let end = Instant::now() + Duration::from_secs(10);
-    loop {
-        let info = c.nodes[0].dog_ok(&["cluster", "info"]);
-        if info.starts_with("Cluster status: running") {
-            break;
-        }
-        assert!(Instant::now() < end, "still not running:\n{info}");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    c.wait_running();
     let vdis = c.nodes[4].dog_ok(&["vdi", "list", "-r"]);
     assert!(vdis.contains("replica"), "{vdis}");
     check_three_copies(&c.nodes[1], &data);

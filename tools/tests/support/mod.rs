@@ -407,6 +407,26 @@ impl Cluster {
         }
     }
 
+    /// Waits (up to 10 s) until every running node says the cluster is running (each
+    /// polls the membership on its own, so they come out of waiting one by one).
+    pub fn wait_running(&self) {
+        let end = Instant::now() + Duration::from_secs(10);
+        for s in self.live() {
+            loop {
+                let info = s.dog_ok(&["cluster", "info"]);
+                if info.starts_with("Cluster status: running") {
+                    break;
+                }
+                assert!(
+                    Instant::now() < end,
+                    "node {} is not running:\n{info}",
+                    s.port
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+    }
+
     /// The epoch in node `i`'s `dog cluster info -r` (its newest history line).
     pub fn epoch(&self, i: usize) -> u32 {
         let info = self.nodes[i].dog_ok(&["cluster", "info", "-r"]);
