@@ -6,7 +6,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::clients::{self, qemu_img, qemu_io_ok};
+use support::clients::{self, qemu_img_read, qemu_img_write, qemu_io_ok};
 use support::*;
 
 use std::collections::HashSet;
@@ -58,21 +58,6 @@ fn check_three_copies(s: &Sheep, data: &[u8]) {
     }
 }
 
-fn read_all(s: &Sheep, dir: &std::path::Path, name: &str) -> Vec<u8> {
-    let out = dir.join(name);
-    let uri = s.uri("replica");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &uri,
-        out.to_str().unwrap(),
-    ]);
-    std::fs::read(out).unwrap()
-}
-
 #[test]
 fn six_nodes_keep_three_copies_in_three_zones_and_survive_a_restart() {
     require("qemu-img");
@@ -95,21 +80,11 @@ fn six_nodes_keep_three_copies_in_three_zones_and_survive_a_restart() {
 
     let data = pattern(7, SIZE as usize);
     let src = write_file(files.path(), "src", &data);
-    let dst = n0.uri("replica");
-    qemu_img(&[
-        "convert",
-        "-n",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        src.to_str().unwrap(),
-        &dst,
-    ]);
+    qemu_img_write(&src, &n0.uri("replica"));
     check_three_copies(&c.nodes[2], &data);
     assert_bytes_eq(
         "read through node 5",
-        &read_all(&c.nodes[5], files.path(), "n5"),
+        &qemu_img_read(&c.nodes[5].uri("replica"), &files.path().join("n5")),
         &data,
     );
 
@@ -155,7 +130,7 @@ fn six_nodes_keep_three_copies_in_three_zones_and_survive_a_restart() {
     check_three_copies(&c.nodes[1], &data);
     assert_bytes_eq(
         "read after restart",
-        &read_all(&c.nodes[1], files.path(), "n1"),
+        &qemu_img_read(&c.nodes[1].uri("replica"), &files.path().join("n1")),
         &data,
     );
 }

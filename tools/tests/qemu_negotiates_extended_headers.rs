@@ -7,7 +7,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
-use support::clients::{qemu_img, qemu_io_ok};
+use support::clients::{qemu_img_read, qemu_io_ok};
 use support::map::{nbdinfo_map, qemu_img_data, ranges_of};
 use support::nbd_client::NbdClient;
 use support::*;
@@ -148,23 +148,13 @@ fn qemu_negotiates_extended_headers() {
     // multiple of 512 bytes where possible (the first and last descriptor of an
     // unaligned query being the most obvious places for an exception)". nbdinfo's
     // query starts at 0, so every boundary it shows should be on a sector.
-    let by_qemu = dir.path().join("qemu.raw");
-    qemu_img(&[
-        "convert",
-        "-f",
-        "raw",
-        "-O",
-        "raw",
-        &uri,
-        by_qemu.to_str().unwrap(),
-    ]);
+    let converted = qemu_img_read(&uri, &dir.path().join("qemu.raw"));
     att.expect("qemu-img convert", "styles", "Extended", true);
     let unaligned: Vec<u64> = compact
         .iter()
         .flat_map(|&(s, e)| [s, e])
         .filter(|b| b % 512 != 0 && *b != SIZE)
         .collect();
-    let converted = std::fs::read(&by_qemu).unwrap();
     assert!(
         unaligned.is_empty() && converted == model,
         "block status boundaries off 512-byte sectors: {unaligned:?}; qemu-img convert: {}",

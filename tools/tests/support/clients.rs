@@ -54,6 +54,34 @@ pub fn qemu_img(args: &[&str]) -> String {
     run(Command::new("qemu-img").args(args))
 }
 
+/// `qemu-img convert` of the raw export at `uri` into the file `out`; returns its bytes.
+pub fn qemu_img_read(uri: &str, out: &std::path::Path) -> Vec<u8> {
+    qemu_img(&[
+        "convert",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        uri,
+        out.to_str().unwrap(),
+    ]);
+    std::fs::read(out).unwrap()
+}
+
+/// `qemu-img convert -n` of the raw file `src` into the raw export at `uri`.
+pub fn qemu_img_write(src: &std::path::Path, uri: &str) {
+    qemu_img(&[
+        "convert",
+        "-n",
+        "-f",
+        "raw",
+        "-O",
+        "raw",
+        src.to_str().unwrap(),
+        uri,
+    ]);
+}
+
 /// The unsigned number at the start of `s`, after white space: the value in the
 /// `"key": 123` of qemu-img's JSON output, given what follows the key.
 pub fn json_u64(s: &str) -> u64 {
