@@ -5,10 +5,12 @@
 //! computes the same answers from the same epoch's node list (docs/placement.md).
 //!
 //! Must not: do I/O, spawn tasks, read clocks, or depend on any other crate of ours.
-//! (Erasure geometry: the erasure-coding issue.)
+//! Erasure geometry and the Reed-Solomon wrapper: `erasure` (the engine does not use
+//! them yet; the erasure-coding issue wires them in).
 
 #![cfg_attr(test, allow(clippy::unwrap_used, clippy::expect_used))]
 
+pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod node;
