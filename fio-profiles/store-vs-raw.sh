@@ -23,7 +23,9 @@
 #   --keep            keep the fio file, the stores and the JSON outputs
 set -euo pipefail
 
-ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PROG="store-vs-raw"   # prefix of die's messages
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"   # sets ROOT (the repository) and JOBS_DIR
 RUNTIME=10
 ROUNDS=1
 SIZE=1G
@@ -33,8 +35,6 @@ PREFILL=1
 KEEP=0
 DIR=""
 
-die() { echo "store-vs-raw: $*" >&2; exit 1; }
-
 while [ $# -gt 0 ]; do
     case "$1" in
         --seconds) RUNTIME=${2:?--seconds needs a value}; shift 2 ;;
@@ -43,40 +43,21 @@ while [ $# -gt 0 ]; do
         --shards) SHARDS=(--shards "${2:?--shards needs a value}"); shift 2 ;;
         --partitions) PARTITIONS=(--partitions "${2:?--partitions needs a value}"); shift 2 ;;
         --raw-fresh) PREFILL=0; shift ;;
-        --keep) KEEP=1; shift ;;
-        -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
-        -*) die "unknown option $1 (try --help)" ;;
-        *) [ -z "$DIR" ] || die "only one DIR"; DIR=$1; shift ;;
+        *) common_arg "$1"; shift ;;   # --keep, --help, DIR
     esac
 done
-case "$RUNTIME" in ''|*[!0-9]*|0) die "--seconds must be a positive whole number" ;; esac
-case "$ROUNDS" in ''|*[!0-9]*|0) die "--rounds must be a positive whole number" ;; esac
+need_positive "$RUNTIME" --seconds
+need_positive "$ROUNDS" --rounds
 
-TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
-DIR=${DIR:-$TARGET/store-vs-raw}
-mkdir -p "$DIR"
-if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
-    die "$DIR is on tmpfs: give a directory on the disk to measure"
-fi
+bench_dir store-vs-raw
 
-if ! command -v fio >/dev/null; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-        echo "installing fio ..." >&2
-        (apt-get install -y -qq fio >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq fio; }) >&2 \
-            || die "could not install fio"
-    else
-        die "fio is not installed (apt-get install fio)"
-    fi
-fi
-command -v python3 >/dev/null || die "python3 is needed to read fio's JSON"
+need_fio
 
-echo "building storebench (release) ..." >&2
-(cd "$ROOT" && cargo build --release --quiet -p collie-tools --bin storebench) || die "build failed"
+build_release storebench || die "build failed"
 STOREBENCH=$TARGET/release/storebench
 
 WORK=$(mktemp -d "$DIR/run.XXXXXX")
-cleanup() { [ "$KEEP" = 1 ] && echo "kept $WORK" >&2 || rm -rf "$WORK"; }
-trap cleanup EXIT
+trap drop_work EXIT
 RAWFILE=$WORK/raw.fio
 
 # fio's options common to every raw job: one file, O_DIRECT through io_uring.
@@ -96,9 +77,9 @@ storebench() {  # NAME then storebench options
     rm -rf "$WORK/store"
 }
 
-echo "disk: $(df -h --output=source,fstype "$DIR" | tail -1 | tr -s ' ')  dir: $DIR" >&2
+say "disk: $(disk_of "$DIR")  dir: $DIR"
 if [ "$PREFILL" = 1 ]; then
-    echo "prefilling fio's $SIZE file (raw jobs overwrite allocated blocks) ..." >&2
+    say "prefilling fio's $SIZE file (raw jobs overwrite allocated blocks) ..."
     fio_raw prefill --rw=write --bs=1M --iodepth=8 --end_fsync=1
 fi
 
@@ -113,10 +94,10 @@ pair() {  # ROUND JOB then: fio options -- storebench options
     local raw=(fio_raw "raw-$job.$round" "${fio_opts[@]}" --time_based --runtime="$RUNTIME")
     local store=(storebench "store-$job.$round" "${sb_opts[@]}")
     if [ $((round % 2)) = 1 ]; then
-        echo "round $round: $job: raw fio, then store, ${RUNTIME}s each ..." >&2
+        say "round $round: $job: raw fio, then store, ${RUNTIME}s each ..."
         "${raw[@]}"; "${store[@]}"
     else
-        echo "round $round: $job: store, then raw fio, ${RUNTIME}s each ..." >&2
+        say "round $round: $job: store, then raw fio, ${RUNTIME}s each ..."
         "${store[@]}"; "${raw[@]}"
     fi
 }
@@ -126,26 +107,15 @@ for round in $(seq 1 "$ROUNDS"); do
     pair "$round" write-1M --rw=write --bs=1M --iodepth=8 --fdatasync=8 -- --rw write --bs 1M --qd 8
 done
 
-python3 - "$WORK" "$PREFILL" "$ROUNDS" <<'EOF'
-import json, sys
-
+fio_py "$WORK" "$PREFILL" "$ROUNDS" <<'EOF'
 work, prefill, rounds = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
 jobs = [("randwrite-4k", 0.7), ("write-1M", 0.9)]
 
 def fio(name):
-    with open(name) as f:
-        j = json.load(f)["jobs"][0]
-    w = j["write"]
-    pct = w["clat_ns"].get("percentile", {})
-    syncs = j.get("sync", {}).get("lat_ns", {}).get("N", 0)
-    return {
-        "iops": w["iops"],
-        "mib_s": w["bw_bytes"] / (1 << 20),
-        "p50": pct.get("50.000000", 0) / 1000,
-        "p99": pct.get("99.000000", 0) / 1000,
-        "ops": w["total_ios"],
-        "syncs": syncs,
-    }
+    j = fio_json(name)
+    f = figures(j["write"])
+    f["syncs"] = j.get("sync", {}).get("lat_ns", {}).get("N", 0)
+    return f
 
 def store(name):
     with open(name) as f:
@@ -176,12 +146,7 @@ for name, want in jobs:
     if r["syncs"]:
         notes.append(f"{name}: fio issued {r['syncs']} fdatasyncs for {r['ops']} writes "
                      f"(one per {r['ops'] / r['syncs']:.1f})")
-widths = [max(len(str(x[i])) for x in [head] + rows) for i in range(len(head))]
-line = lambda cells: "  ".join(str(c).ljust(w) if i == 0 else str(c).rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-print(line(head))
-print("  ".join("-" * w for w in widths))
-for row in rows:
-    print(line(row))
+print_table([head] + rows)
 print()
 print("ratio = store IOPS / raw IOPS (same bs, so also the MiB/s ratio)"
       + (f"; every figure is the mean of {rounds} rounds." if rounds > 1 else "."))

@@ -1,0 +1,277 @@
+# shellcheck shell=bash
+# lib.sh: what the benchmark runners in fio-profiles/ share, sourced by each of them.
+#
+# One home for the shell they would otherwise repeat: messages, --help and --size, the
+# measured directory, installing tools, building, ports, sheep by pid, fio runs and
+# reading fio's JSON. Sourcing it defines functions and a few constants and runs nothing.
+# The script sets what the functions read: PROG (message prefix), and where used DIR,
+# WORK, KEEP, SHEEP, DOG, DOG_PORT.
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)   # the repository
+JOBS_DIR=$ROOT/fio-profiles/jobs   # the fio job files, one per job
+MIB=$((1024 * 1024))
+
+# die MESSAGE...: prints "PROG: MESSAGE" on stderr and exits 1 (in $(...) only that subshell).
+die() { echo "$PROG: $*" >&2; exit 1; }
+
+# say MESSAGE...: prints MESSAGE on stderr (progress for the person watching); returns 0.
+say() { echo "$*" >&2; }
+
+# print_help: prints the script's header comment, its usage, without the "# "; returns 0.
+print_help() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+# common_arg ARG: takes an argument every runner takes besides its own options: --keep
+# (sets KEEP=1), -h/--help (prints the usage and exits 0) or DIR (sets DIR, only once);
+# dies on any other option.
+common_arg() {
+    case "$1" in
+        --keep) KEEP=1 ;;
+        -h|--help) print_help; exit 0 ;;
+        -*) die "unknown option $1 (try --help)" ;;
+        *) [ -z "$DIR" ] || die "only one DIR"; DIR=$1 ;;
+    esac
+}
+
+# need_positive VALUE OPTION: returns if VALUE is a positive whole number, else dies naming OPTION.
+need_positive() { case "$1" in ''|*[!0-9]*|0) die "$2 must be a positive whole number" ;; esac; }
+
+# read_size SIZE EXAMPLE: sets SIZE_BYTES (bytes, binary units) and SIZE_DOG (dog's "2G" or
+# "512M") from SIZE, e.g. 512M, 2G, 2GiB; dies (suggesting 512M or EXAMPLE) unless it is a
+# positive whole number of MiB. fio reads "2GB" as 2 GiB but truncate as 2 * 10^9, so
+# nothing after this should see the user's spelling.
+# shellcheck disable=SC2034  # SIZE_DOG is for the scripts that create VDIs
+read_size() {
+    SIZE_BYTES=$(python3 - "$1" <<'EOF'
+import re, sys
+m = re.fullmatch(r"(\d+)\s*([kmgt]?)(i?b)?", sys.argv[1].strip(), re.I)
+if not m:
+    sys.exit(1)
+print(int(m.group(1)) * 1024 ** " kmgt".index((m.group(2) or " ").lower()))
+EOF
+) || die "--size: cannot read '$1' (use e.g. 512M or $2)"
+    if [ $((SIZE_BYTES % MIB)) != 0 ] || [ "$SIZE_BYTES" -le 0 ]; then
+        die "--size must be a whole number of MiB"
+    fi
+    if [ $((SIZE_BYTES % (1024 * MIB))) = 0 ]; then
+        SIZE_DOG=$((SIZE_BYTES / 1024 / MIB))G
+    else
+        SIZE_DOG=$((SIZE_BYTES / MIB))M
+    fi
+}
+
+# bench_dir NAME: sets TARGET (cargo's target directory) and DIR (DIR as given, else
+# TARGET/NAME), creates DIR and makes it absolute; dies if it is on tmpfs.
+bench_dir() {
+    TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+    DIR=${DIR:-$TARGET/$1}
+    mkdir -p "$DIR"
+    DIR=$(cd "$DIR" && pwd)
+    if [ "$(stat -f -c %T "$DIR")" = tmpfs ]; then
+        die "$DIR is on tmpfs: give a directory on the disk to measure"
+    fi
+}
+
+# disk_of PATH: prints the device and file system type PATH is on ("/dev/vda1 ext4").
+disk_of() { df -h --output=source,fstype "$1" | tail -1 | tr -s ' '; }
+
+# need COMMAND PACKAGE: returns once COMMAND exists, installing PACKAGE with apt-get (as
+# root) when it is missing; dies if it cannot.
+need() {
+    command -v "$1" >/dev/null && return 0
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+        say "installing $2 ..."
+        (apt-get install -y -qq "$2" >/dev/null 2>&1 || { apt-get update -qq && apt-get install -y -qq "$2"; }) >&2 \
+            || die "could not install $2"
+    else
+        die "$1 is not installed (apt-get install $2)"
+    fi
+}
+
+# need_fio: returns once fio (installed if missing) and python3 (reads fio's JSON) exist; dies otherwise.
+need_fio() {
+    need fio fio
+    command -v python3 >/dev/null || die "python3 is needed to read fio's JSON"
+}
+
+# need_nbd_client: returns once nbdinfo (installed if missing) and fio's nbd engine exist; dies otherwise.
+need_nbd_client() {
+    need nbdinfo libnbd-bin   # waits for an export to be up and checks its size
+    fio --enghelp=nbd >/dev/null 2>&1 || die "this fio has no nbd engine (Debian's fio package has it)"
+}
+
+# need_ss PURPOSE: returns if ss exists, else dies saying it is needed to PURPOSE.
+need_ss() { command -v ss >/dev/null || die "ss (iproute2) is needed to $1"; }
+
+# build_release BIN...: builds collie-tools' BINs in release, saying so; returns cargo's status.
+build_release() {
+    local bins=() bin what=$1
+    for bin in "$@"; do bins+=(--bin "$bin"); done
+    [ $# -lt 2 ] || what="${*:1:$#-1} and ${!#}"
+    say "building $what (release) ..."
+    (cd "$ROOT" && cargo build --release --quiet -p collie-tools "${bins[@]}")
+}
+
+# listening: prints the TCP ports something listens on, one a line, ascending.
+listening() { ss -Htln | awk '{ sub(/.*:/, "", $4); print $4 }' | sort -un; }
+
+# free_port FROM COUNT: prints the first port at or above FROM (in steps of COUNT) that
+# starts a run of COUNT free ports; dies if there is none.
+free_port() {
+    local p=$1 used i ok
+    used=$(listening)
+    while [ $((p + $2)) -lt 65536 ]; do
+        ok=1
+        for ((i = 0; i < $2; i++)); do
+            if grep -qx "$((p + i))" <<<"$used"; then ok=0; break; fi
+        done
+        [ "$ok" = 1 ] && { echo "$p"; return 0; }
+        p=$((p + $2))
+    done
+    die "no free port at or above $1"
+}
+
+# busy_ports PORT...: prints those of PORT... that something listens on, space-separated
+# (an empty line when all are free).
+busy_ports() {
+    local used p busy=()
+    used=$(listening)
+    for p in "$@"; do
+        if grep -qx "$p" <<<"$used"; then busy+=("$p"); fi
+    done
+    echo "${busy[*]}"
+}
+
+# wait_gone PID SECONDS: returns 0 if PID exited within SECONDS, 1 if not (it is not our
+# child: poll). A zombie counts as gone: daemons are reparented, and their reaper may lag.
+wait_gone() {
+    local i state
+    for ((i = 0; i < $2 * 10; i++)); do
+        state=$(ps -o stat= -p "$1" 2>/dev/null) || return 0
+        case "$state" in Z*) return 0 ;; esac
+        sleep 0.1
+    done
+    return 1
+}
+
+# The pids of the sheep this run started and has not stopped yet.
+SHEEP_PIDS=()
+
+# start_sheep_node N STORE ARG...: starts `SHEEP ARG... STORE` (sheep daemonizes once it
+# listens), notes the command in WORK/sheep-cmds.txt and appends the daemon's pid to
+# SHEEP_PIDS; dies, naming sheep N (or just sheep when N is empty), if it does not start.
+start_sheep_node() {
+    local name="sheep${1:+ $1}" log="$WORK/sheep-start${1:+.$1}.log" store=$2 pid
+    shift 2
+    mkdir -p "$store"
+    rm -f "$store/sheep.pid"   # a stale one would name a previous, stopped run
+    echo "sheep $* $store" >>"$WORK/sheep-cmds.txt"
+    "$SHEEP" "$@" "$store" >"$log" 2>&1 \
+        || { cat "$log" >&2; die "$name did not start (log: $store/sheep.log)"; }
+    pid=$(cat "$store/sheep.pid") || die "$name left no $store/sheep.pid"
+    SHEEP_PIDS+=("$pid")
+}
+
+# stop_sheep: SIGTERM to every sheep in SHEEP_PIDS, SIGKILL to any still running 20 s
+# later (saying so); empties SHEEP_PIDS and returns 0.
+stop_sheep() {
+    local pid
+    for pid in "${SHEEP_PIDS[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+    for pid in "${SHEEP_PIDS[@]}"; do
+        if ! wait_gone "$pid" 20; then
+            say "sheep (pid $pid) still running 20 s after SIGTERM: SIGKILL"
+            kill -KILL "$pid" 2>/dev/null || true
+            wait_gone "$pid" 5 || say "sheep (pid $pid) survived SIGKILL"
+        fi
+    done
+    SHEEP_PIDS=()
+}
+
+# dog ARG...: runs `DOG -p DOG_PORT ARG...`, its output appended to WORK/dog.log; returns
+# 0, or prints that log and dies if dog fails.
+dog() {
+    "$DOG" -p "$DOG_PORT" "$@" >>"$WORK/dog.log" 2>&1 || { cat "$WORK/dog.log" >&2; die "dog $* failed"; }
+}
+
+# wait_export URI BYTES: returns once the NBD export URI answers (30 s at most); dies if it
+# does not, or if it is smaller than BYTES.
+wait_export() {
+    local i size
+    for ((i = 0; i < 300; i++)); do
+        if size=$(nbdinfo --size "$1" 2>/dev/null); then
+            [ "$size" -ge "$2" ] || die "$1 is $size bytes, smaller than --size ($2)"
+            return 0
+        fi
+        sleep 0.1
+    done
+    nbdinfo --size "$1" >&2 || true
+    die "$1 did not come up"
+}
+
+# run_fio JOB LABEL ENGINE TARGET BYTES SECONDS: runs JOBS_DIR/JOB.fio with FIO_IOENGINE,
+# FIO_TARGET, FIO_SIZE and FIO_RUNTIME set from ENGINE..SECONDS, into WORK/JOB.LABEL.json
+# and .log; returns 0, or 1 after printing the log's tail (the JSON becomes .failed.json).
+run_fio() {
+    local job=$1 label=$2 out=$WORK/$1.$2
+    say "  $job on $label ..."
+    if (cd "$WORK" && FIO_IOENGINE=$3 FIO_TARGET=$4 FIO_SIZE=$5 FIO_RUNTIME=$6 \
+            fio --output-format=json --output="$out.json" "$JOBS_DIR/$job.fio" >"$out.log" 2>&1); then
+        return 0
+    fi
+    say "fio $job on $label failed:"; tail -n 20 "$out.log" >&2
+    mv -f "$out.json" "$out.failed.json" 2>/dev/null || true
+    return 1
+}
+
+# drop_work: removes WORK, or with KEEP=1 says where it is kept; returns 0.
+drop_work() { if [ "$KEEP" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi; }
+
+# Python put ahead of every fio_py program: imports json, os and sys, and reads fio's JSON.
+FIO_PY=$(cat <<'EOF'
+import json, os, sys
+
+def fio_json(path):
+    """The first job in fio's JSON output file; raises if it cannot be read. The nbd
+    engine may log a line ahead of the JSON, so it is read from the first brace."""
+    text = open(path).read()
+    return json.loads(text[text.index("{"):])["jobs"][0]
+
+def fio_result(path):
+    """fio_json(path); None if there is no such file; "err" if it does not parse or fio
+    reported an error."""
+    if not os.path.exists(path):
+        return None
+    try:
+        j = fio_json(path)
+    except (ValueError, KeyError, IndexError):
+        return "err"
+    return "err" if j["error"] else j
+
+def clat_us(d, p):
+    """Completion-latency percentile p ("99.000000") of one direction of a job
+    (job["read"] or job["write"]) in us; 0 if fio did not report it."""
+    return d["clat_ns"].get("percentile", {}).get(p, 0) / 1000
+
+def figures(d):
+    """iops, mib_s, p50 and p99 (us), ops and bytes of one direction of a job."""
+    return {"iops": d["iops"], "mib_s": d["bw_bytes"] / 2**20, "p50": clat_us(d, "50.000000"),
+            "p99": clat_us(d, "99.000000"), "ops": d["total_ios"], "bytes": d["io_bytes"]}
+
+def table_widths(rows):
+    """The width of each column of rows: its widest cell."""
+    return [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+
+def print_table(rows, left=(0,)):
+    """Prints rows[0] (the header), a rule of dashes, then the other rows, two spaces
+    between columns; the columns numbered in left are left-aligned, the others right."""
+    widths = table_widths(rows)
+    for n, r in enumerate(rows):
+        print("  ".join(str(c).ljust(w) if i in left else str(c).rjust(w)
+                        for i, (c, w) in enumerate(zip(r, widths))).rstrip())
+        if n == 0:
+            print("  ".join("-" * w for w in widths))
+EOF
+)
+
+# fio_py ARG...: runs the Python program on stdin after FIO_PY, with ARG... as
+# sys.argv[1:]; returns python's exit status.
+fio_py() { python3 -c "$FIO_PY"$'\n\n'"$(cat)" "$@"; }
