@@ -62,18 +62,7 @@ pub fn owned_oids(store: &Store, shard: usize, vid: u32, count: usize) -> Vec<u6
         .collect()
 }
 
-/// Deterministic, incompressible-looking bytes for (seed, len).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+pub use collie_placement::pattern::pattern;
 
 /// A small xorshift generator: offsets for random I/O without a dependency.
 #[derive(Clone, Debug)]

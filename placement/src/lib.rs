@@ -14,6 +14,7 @@ pub mod erasure;
 pub mod error;
 pub mod ids;
 pub mod node;
+pub mod pattern;
 pub mod redundancy;
 pub mod ring;
 

@@ -4,21 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use collie_placement::erasure::{Codec, CodecError, Geometry, DEFAULT_CHUNK};
+use collie_placement::pattern::pattern;
 use proptest::prelude::*;
 
 const OBJECT: u64 = 4 << 20;
-
-fn bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
 
 fn schemes() -> impl Strategy<Value = (u32, u32)> {
     (prop::sample::select(vec![2u32, 4, 8, 16]), 1u32..=4)
@@ -54,7 +43,7 @@ fn geometry_is_checked() {
 #[test]
 fn any_data_fragments_restore_a_whole_object() {
     let g = Geometry::new(4, 2, DEFAULT_CHUNK, OBJECT).unwrap();
-    let object = bytes(9, OBJECT as usize);
+    let object = pattern(9, OBJECT as usize);
     let data = g.split(&object).unwrap();
     let mut codec = Codec::new(g);
     let refs: Vec<&[u8]> = data.iter().map(Vec::as_slice).collect();
@@ -95,7 +84,7 @@ proptest! {
         len in 0u64..200_000,
     ) {
         let g = Geometry::new(d, p, DEFAULT_CHUNK, OBJECT).unwrap();
-        let object = bytes(u64::from(d) << 8 | u64::from(p), OBJECT as usize);
+        let object = pattern(u64::from(d) << 8 | u64::from(p), OBJECT as usize);
         let frags = g.split(&object).unwrap();
         let refs: Vec<&[u8]> = frags.iter().map(Vec::as_slice).collect();
         prop_assert!(g.join(&refs).unwrap() == object);
@@ -120,7 +109,7 @@ proptest! {
     ) {
         let g = Geometry::new(d, p, DEFAULT_CHUNK, OBJECT).unwrap();
         let cut = cut.min(stripes);
-        let run = bytes(stripes * 31 + cut, (stripes * g.stripe_size()) as usize);
+        let run = pattern(stripes * 31 + cut, (stripes * g.stripe_size()) as usize);
         let mut codec = Codec::new(g);
         let frags = g.split(&run).unwrap();
         let refs: Vec<&[u8]> = frags.iter().map(Vec::as_slice).collect();

@@ -39,18 +39,9 @@ pub fn meta(version: u64) -> WriteMeta {
     }
 }
 
-/// Deterministic bytes for (seed, len).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+// Not every test binary writes patterns.
+#[allow(unused_imports)]
+pub use collie_placement::pattern::pattern;
 
 /// Runs the test named `test` of this same test binary in a child process, with `env`
 /// set; the child finds its instructions in the environment.

@@ -139,18 +139,9 @@ fn released(port: u16, what: &str, limit: Duration) {
     }
 }
 
-/// Deterministic bytes for (seed, len).
-pub fn pattern(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
+// Not every test binary writes patterns.
+#[allow(unused_imports)]
+pub use collie_placement::pattern::pattern;
 
 /// One `sheep` daemon started by a test, stopped (SIGKILL if need be) when dropped.
 pub struct Sheep {
