@@ -3,7 +3,8 @@
 //! the membership every 200 ms), the epoch advances and `dog cluster info` shows it,
 //! and fio's writes and verify pass without one error. A verify-only rerun through
 //! another node then reads every block back, and so does one through the killed node
-//! once it is back (as a gateway: its copies missed the writes).
+//! once it is back (as a gateway: its copies missed the writes). `dog node kill` then
+//! stops another node cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -82,4 +83,26 @@ fn killing_a_node_does_not_stop_a_three_copy_vdi() {
     );
     let (out, report) = fio(files.path(), "during", &c.nodes[3].uri("replica"), &verify);
     assert_clean(&out, report.get("jobs").at(0), "during");
+
+    // `dog node kill ID` through node 0 stops node 4 cleanly; the others see it go.
+    let addr4 = format!("127.0.0.1:{}", c.nodes[4].port);
+    let list = c.nodes[0].dog_ok(&["node", "list", "-r"]);
+    let id = list
+        .lines()
+        .find(|l| l.split_whitespace().nth(1) == Some(addr4.as_str()))
+        .and_then(|l| l.split_whitespace().next())
+        .unwrap_or_else(|| panic!("{addr4} not in\n{list}"))
+        .to_owned();
+    let pid = c.nodes[4].forget();
+    c.nodes[0].dog_ok(&["node", "kill", &id]);
+    assert!(
+        wait_exit(pid, Duration::from_secs(30)),
+        "node 4 did not stop"
+    );
+    assert!(
+        c.nodes[4].log().contains("clean shutdown"),
+        "{}",
+        c.nodes[4].log()
+    );
+    c.wait_members(5);
 }
