@@ -4,7 +4,7 @@
 
 use crate::error::StoreError;
 use crate::gateway::Gateway;
-use crate::vdi::{self, meta, Inode, VdiError};
+use crate::vdi::{self, Inode, VdiError};
 use collie_net::nbd::consts::{EINVAL, EIO, ENOSPC};
 use collie_net::nbd::{BlockExport, ExportError, ExportProvider};
 use collie_placement::Vid;
@@ -115,7 +115,7 @@ impl ExportProvider for VdiProvider {
             .map_err(|e| e.to_string())?;
         Ok(Some(VdiExport {
             gw: self.gw.clone(),
-            copies: inode.copies(),
+            objects: vdi::Objects::of(&inode).map_err(|e| e.to_string())?,
             gone: register(inode.vid.get()),
             inode,
             owners: RefCell::new(owners),
@@ -126,8 +126,8 @@ impl ExportProvider for VdiProvider {
 /// One open VDI. `!Send`: lives on the connection's shard.
 pub struct VdiExport {
     gw: Gateway,
-    /// Copies of each data object.
-    copies: usize,
+    /// How the data objects are kept (copies or fragments).
+    objects: vdi::Objects,
     /// Set when the VDI is deleted: every later request fails.
     gone: Rc<Cell<bool>>,
     inode: Inode,
@@ -157,8 +157,8 @@ impl VdiExport {
 
     async fn read_piece(&self, p: vdi::Piece) -> Result<Option<Vec<u8>>, StoreError> {
         match self
-            .gw
-            .read(self.oid(p.index), p.offset, p.len, self.copies)
+            .objects
+            .read(&self.gw, self.oid(p.index), p.offset, p.len)
             .await
         {
             Ok(d) => Ok(Some(d)),
@@ -169,8 +169,8 @@ impl VdiExport {
 
     async fn write_piece(&self, p: vdi::Piece, data: &[u8]) -> Result<(), VdiError> {
         let os = self.object_size();
-        self.gw
-            .write(self.oid(p.index), p.offset, data, meta(os), self.copies)
+        self.objects
+            .write(&self.gw, self.oid(p.index), p.offset, data, os)
             .await?;
         let vid: Vid = self.inode.vid;
         let known = self.owners.borrow().get(p.index as usize).copied();
@@ -183,26 +183,23 @@ impl VdiExport {
         Ok(())
     }
 
-    /// Makes a piece read as zeros and frees it: whole objects are removed, parts of
-    /// objects discarded; objects that do not exist are left alone.
+    /// Makes a piece read as zeros (see [`vdi::Objects::punch`]).
     async fn punch_piece(&self, p: vdi::Piece) -> Result<(), StoreError> {
-        let oid = self.oid(p.index);
-        if self.gw.stat(oid, self.copies).await?.is_none() {
-            return Ok(());
-        }
-        if p.offset == 0 && p.len == self.object_size() {
-            self.gw.remove(oid, self.copies).await
-        } else {
-            self.gw
-                .discard(oid, p.offset, p.len, meta(self.object_size()), self.copies)
-                .await
-        }
+        self.objects
+            .punch(
+                &self.gw,
+                self.oid(p.index),
+                p.offset,
+                p.len,
+                self.object_size(),
+            )
+            .await
     }
 
     async fn extents_piece(&self, p: vdi::Piece) -> Result<Vec<(u64, bool)>, StoreError> {
         match self
-            .gw
-            .extents(self.oid(p.index), p.offset, p.len, self.copies)
+            .objects
+            .extents(&self.gw, self.oid(p.index), p.offset, p.len)
             .await
         {
             Ok(e) => Ok(e),

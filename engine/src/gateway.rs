@@ -26,7 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{self, Call, RpcError};
 use crate::shard::{owner_of, partition_of, Reply, Shard};
-use collie_net::peer::{decode_oids, Op};
+use collie_net::peer::{decode_oids, Op, FLAG_MUST_EXIST};
 use futures::channel::oneshot;
 use futures::future::{join_all, FutureExt, Shared};
 use std::cell::{Cell, RefCell};
@@ -59,7 +59,7 @@ struct Changing {
 }
 
 /// Held while a change to `[start, end)` of an object is in flight on its copies.
-struct RangeGuard {
+pub(crate) struct RangeGuard {
     oid: u64,
     id: u64,
     // Dropped after `drop` below has removed the entry: wakes every waiter.
@@ -84,7 +84,7 @@ impl Drop for RangeGuard {
 /// then claims the range. Every copy receives overlapping changes from this shard in
 /// the same order, so the copies cannot end up different (NBD leaves the outcome of
 /// overlapping writes in flight together undefined, but the copies must agree).
-async fn lock_range(oid: u64, start: u64, end: u64) -> RangeGuard {
+pub(crate) async fn lock_range(oid: u64, start: u64, end: u64) -> RangeGuard {
     loop {
         let busy = CHANGING.with(|c| {
             c.borrow().get(&oid).and_then(|list| {
@@ -132,13 +132,13 @@ pub fn current_epoch() -> u32 {
 
 /// Where one copy is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Target {
+pub(crate) enum Target {
     Local,
     Remote(SocketAddr),
 }
 
 /// The peer port of the shard of `m` that serves `oid`.
-fn peer_addr(m: &Member, oid: u64) -> Option<SocketAddr> {
+pub(crate) fn peer_addr(m: &Member, oid: u64) -> Option<SocketAddr> {
     if m.peer_ports.is_empty() || m.partitions == 0 {
         return None;
     }
@@ -169,7 +169,7 @@ impl Gateway {
     }
 
     /// The epoch and targets of `oid` with `copies` copies, in placement order.
-    fn targets(
+    pub(crate) fn targets(
         &self,
         oid: u64,
         copies: usize,
@@ -198,7 +198,7 @@ impl Gateway {
 
     /// Runs `attempt` until it succeeds or fails for a reason other than membership
     /// (an unreachable peer, an epoch mismatch), for at most [`SETTLE`].
-    async fn settled<T, F, Fut>(&self, oid: u64, mut attempt: F) -> Result<T>
+    pub(crate) async fn settled<T, F, Fut>(&self, oid: u64, mut attempt: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, RpcError>>,
@@ -225,7 +225,7 @@ impl Gateway {
     }
 
     /// One call on one copy.
-    async fn exec(
+    pub(crate) async fn exec(
         &self,
         epoch: u32,
         t: Target,
@@ -236,7 +236,7 @@ impl Gateway {
             Target::Local => {
                 return Ok(match c.op {
                     Op::Write => {
-                        sh.write_if(c.oid, c.offset, c.payload, c.meta, c.must_exist)
+                        sh.write_if(c.oid, c.offset, c.payload, c.meta, c.must_exist())
                             .await?;
                         Reply::Done
                     }
@@ -252,6 +252,12 @@ impl Gateway {
                     Op::Stat => Reply::Stat(sh.stat(c.oid).await?),
                     Op::Extents => Reply::Extents(sh.extents(c.oid, c.offset, c.len).await?),
                     Op::List => Reply::List(sh.list().await?),
+                    Op::FragWrite
+                    | Op::FragRead
+                    | Op::FragProbe
+                    | Op::FragRemove
+                    | Op::EcWrite
+                    | Op::EcCheck => Reply::Data(Box::pin(crate::ec::serve(sh, c)).await?),
                 })
             }
             Target::Remote(addr) => addr,
@@ -274,6 +280,12 @@ impl Gateway {
                 answer?;
                 Reply::Done
             }
+            Op::FragWrite
+            | Op::FragRead
+            | Op::FragProbe
+            | Op::FragRemove
+            | Op::EcWrite
+            | Op::EcCheck => Reply::Data(answer?),
         })
     }
 
@@ -331,7 +343,9 @@ impl Gateway {
             c.offset = offset;
             c.len = data.len() as u64;
             c.meta = meta;
-            c.must_exist = !whole;
+            if !whole {
+                c.flags |= FLAG_MUST_EXIST;
+            }
             c.payload = data;
             let done = join_all(ts.iter().map(|&t| self.exec(epoch, t, &c))).await;
             let mut missing = Vec::new();
@@ -359,7 +373,7 @@ impl Gateway {
             if !create {
                 return Ok(false);
             }
-            c.must_exist = false;
+            c.flags &= !FLAG_MUST_EXIST;
             for r in join_all(missing.iter().map(|&t| self.exec(epoch, t, &c))).await {
                 r?;
             }

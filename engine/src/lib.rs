@@ -5,7 +5,8 @@
 //! in-memory extent index with checkpoints, CRC32C verification on every read, and
 //! compaction; VDIs (inodes, vids, byte ranges over objects) served as NBD exports and
 //! answered to admin requests; cluster membership and the gateway that reaches every
-//! copy of an object over peer RPC (docs/cluster.md). Later: erasure coding, recovery.
+//! copy of an object over peer RPC (docs/cluster.md); erasure-coded objects, their
+//! fragments and stripe versions (docs/erasure.md). Later: recovery.
 //!
 //! Must not: take a lock on the data path (shards talk by message), return bytes that
 //! failed their checksum, acknowledge a write before it is durable (unless the store
@@ -15,6 +16,7 @@
 
 mod checkpoint;
 pub mod cluster;
+pub mod ec;
 pub mod error;
 pub mod export;
 pub mod format;

@@ -198,12 +198,6 @@ impl Node {
 
     /// Refuses a redundancy the cluster cannot give every object now.
     fn check_redundancy(&self, r: Redundancy) -> Result<(), Response> {
-        if let Redundancy::Erasure { .. } = r {
-            return Err(error(
-                ErrorCode::Invalid,
-                format!("erasure coding ({r}) is not supported yet; use -c N (copies)"),
-            ));
-        }
         let zones = self.view()?.zones();
         if r.width() as usize > zones {
             return Err(error(
@@ -537,10 +531,19 @@ impl Node {
                     .into_iter()
                     .map(|i| v.members[i].id.to_string())
                     .collect();
+                // Fragments are kept under their own keys: ask for each, in order.
+                let keys: Vec<u64> = match ino.redundancy {
+                    Redundancy::Replicated { .. } => vec![oid],
+                    Redundancy::Erasure { .. } => (0..ino.copies())
+                        .map(|j| collie_placement::ids::fragment_oid(oid, j as u8))
+                        .collect(),
+                };
                 let mut copies = Vec::new();
-                for r in self.on_every_member(&v, &Request::ObjectCopy { oid })? {
-                    if let Response::Copy(Some(c)) = r {
-                        copies.push(c);
+                for oid in keys {
+                    for r in self.on_every_member(&v, &Request::ObjectCopy { oid })? {
+                        if let Response::Copy(Some(c)) = r {
+                            copies.push(c);
+                        }
                     }
                 }
                 Ok(Response::Location(ObjectLocation {
@@ -549,6 +552,13 @@ impl Node {
                     targets,
                     copies,
                 }))
+            }
+            Request::VdiCheck { name, repair } => {
+                self.check_serving()?;
+                let r = self.run_vdi(move |gw| {
+                    Box::pin(async move { vdi::check(&gw, &name, repair).await })
+                })?;
+                Ok(Response::Check(r))
             }
             Request::VdiCreate {
                 name,

@@ -143,13 +143,19 @@ async fn serve_connection(mut s: TcpStream, sh: &Rc<Shard>) -> std::result::Resu
         let (st, out) = if epoch == 0 || h.epoch != epoch {
             (status::WRONG_EPOCH, Vec::new())
         } else {
-            match serve_op(sh, &h, payload).await {
+            match serve_op(sh, &h, &payload).await {
                 Ok(out) => (status::OK, out),
-                Err(e) => {
+                Err(RpcError::Store(e)) => {
                     if !matches!(e, StoreError::NotFound(_)) {
                         tracing::info!(oid = format!("{:#018x}", h.oid), op = ?h.op(), "peer request failed: {e}");
                     }
                     (status_of(&e), e.to_string().into_bytes())
+                }
+                // The primary of an erasure-coded object could not reach a holder, or
+                // is no longer the primary: the gateway runs the request again.
+                Err(e) => {
+                    tracing::debug!(oid = format!("{:#018x}", h.oid), op = ?h.op(), "peer request to retry: {e}");
+                    (status::WRONG_EPOCH, Vec::new())
                 }
             }
         };
@@ -175,14 +181,14 @@ fn status_of(e: &StoreError) -> u32 {
 }
 
 fn meta_of(h: &PeerHeader) -> WriteMeta {
-    WriteMeta {
-        object_size: h.object_size,
-        version: h.obj_version,
-        epoch: h.epoch,
-    }
+    Call::of_frame(h, &[]).meta
 }
 
-async fn serve_op(sh: &Shard, h: &PeerHeader, payload: Vec<u8>) -> Result<Vec<u8>> {
+async fn serve_op(
+    sh: &Rc<Shard>,
+    h: &PeerHeader,
+    payload: &[u8],
+) -> std::result::Result<Vec<u8>, RpcError> {
     let too_long = |len: u64| {
         StoreError::OutOfRange(format!(
             "peer read of {len} bytes exceeds the {MAX_PAYLOAD}-byte frame"
@@ -191,15 +197,15 @@ async fn serve_op(sh: &Shard, h: &PeerHeader, payload: Vec<u8>) -> Result<Vec<u8
     match h.op() {
         Op::Write => {
             let must_exist = h.flags & FLAG_MUST_EXIST != 0;
-            sh.write_if(h.oid, h.offset, &payload, meta_of(h), must_exist)
+            sh.write_if(h.oid, h.offset, payload, meta_of(h), must_exist)
                 .await?;
             Ok(Vec::new())
         }
         Op::Read => {
             if h.len > u64::from(MAX_PAYLOAD) {
-                return Err(too_long(h.len));
+                return Err(too_long(h.len).into());
             }
-            sh.read(h.oid, h.offset, h.len).await
+            Ok(sh.read(h.oid, h.offset, h.len).await?)
         }
         Op::Discard => {
             sh.discard(h.oid, h.offset, h.len, meta_of(h)).await?;
@@ -211,16 +217,22 @@ async fn serve_op(sh: &Shard, h: &PeerHeader, payload: Vec<u8>) -> Result<Vec<u8
         }
         Op::Stat => match sh.stat(h.oid).await? {
             Some(i) => Ok(encode_stat(i.size, i.used, i.version, i.epoch)),
-            None => Err(StoreError::NotFound(h.oid)),
+            None => Err(StoreError::NotFound(h.oid).into()),
         },
         Op::Extents => Ok(encode_extents(&sh.extents(h.oid, h.offset, h.len).await?)),
         Op::List => {
             let oids = sh.list().await?;
             if oids.len() * 8 > MAX_PAYLOAD as usize {
-                return Err(too_long(oids.len() as u64 * 8));
+                return Err(too_long(oids.len() as u64 * 8).into());
             }
             Ok(encode_oids(&oids))
         }
+        Op::FragWrite
+        | Op::FragRead
+        | Op::FragProbe
+        | Op::FragRemove
+        | Op::EcWrite
+        | Op::EcCheck => crate::ec::serve(sh, &Call::of_frame(h, payload)).await,
     }
 }
 
@@ -236,6 +248,10 @@ pub enum RpcError {
     /// The peer is at another epoch: retry once both have caught up.
     #[error("peer {addr} is at epoch {theirs}")]
     WrongEpoch { addr: SocketAddr, theirs: u32 },
+    /// The request must run again on the current view (the node asked is no longer
+    /// the one that orders writes to the object).
+    #[error("{0}")]
+    Retry(String),
     /// The peer answered with an error.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -254,7 +270,10 @@ pub struct Call<'a> {
     pub offset: u64,
     pub len: u64,
     pub meta: WriteMeta,
-    pub must_exist: bool,
+    /// `collie_net::peer::FLAG_*` request flags.
+    pub flags: u8,
+    /// Erasure-coded ops: data << 8 | parity.
+    pub geometry: u32,
     pub payload: &'a [u8],
 }
 
@@ -270,8 +289,31 @@ impl<'a> Call<'a> {
                 version: 0,
                 epoch: 0,
             },
-            must_exist: false,
+            flags: 0,
+            geometry: 0,
             payload: &[],
+        }
+    }
+
+    pub fn must_exist(&self) -> bool {
+        self.flags & FLAG_MUST_EXIST != 0
+    }
+
+    /// The call a request frame carries (the server runs local and remote calls alike).
+    fn of_frame(h: &PeerHeader, payload: &'a [u8]) -> Call<'a> {
+        Call {
+            op: h.op(),
+            oid: h.oid,
+            offset: h.offset,
+            len: h.len,
+            meta: WriteMeta {
+                object_size: h.object_size,
+                version: h.obj_version,
+                epoch: h.epoch,
+            },
+            flags: h.flags,
+            geometry: h.geometry,
+            payload,
         }
     }
 }
@@ -338,9 +380,8 @@ async fn exchange(
     h.len = c.len;
     h.object_size = c.meta.object_size;
     h.obj_version = c.meta.version;
-    if c.must_exist {
-        h.flags |= FLAG_MUST_EXIST;
-    }
+    h.flags = c.flags;
+    h.geometry = c.geometry;
     let h = h.seal(c.payload);
     let work = async {
         write_frame(&mut s, &h, c.payload).await?;

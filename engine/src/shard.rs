@@ -20,8 +20,10 @@ use crate::partition::{ObjectInfo, Partition, PartitionStats, WriteMeta};
 const PEER_INFLIGHT: u64 = 256;
 
 /// The partition an object belongs to: a mix of the oid (so a VDI's consecutive objects
-/// spread over partitions) modulo the partition count fixed at format.
+/// spread over partitions) modulo the partition count fixed at format. Fragments of an
+/// erasure-coded object go where their object would, so one shard holds all of them.
 pub fn partition_of(oid: u64, partitions: u32) -> u32 {
+    let oid = collie_placement::ids::base_oid(oid);
     let mut z = oid.wrapping_add(0x9e37_79b9_7f4a_7c15);
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -175,6 +177,11 @@ impl Shard {
 
     pub fn partitions(&self) -> impl Iterator<Item = &Rc<Partition>> {
         self.partitions.values()
+    }
+
+    /// Whether this shard owns `oid` (requests for it run here without a hop).
+    pub fn owns(&self, oid: u64) -> bool {
+        self.route(oid).1 == self.id
     }
 
     fn route(&self, oid: u64) -> (u32, usize) {

@@ -6,11 +6,13 @@
 //! `[0, 1024)` an [`InodeHeader`]; `[4096, 4096 + 4 * n)` `data_vdi_id[i]` (u32 LE): the
 //! vid whose object holds index i, 0 if never written. Format: docs/vdi-format.md.
 
+use crate::ec::{Content, Layout};
 use crate::error::{Result as StoreResult, StoreError};
 use crate::gateway::{Gateway, META_COPIES};
 use crate::partition::WriteMeta;
 use bytemuck::{Pod, Zeroable};
-use collie_placement::ids::{object_kind, ObjectKind, Vid, DEFAULT_OBJECT_SIZE, MAX_VID};
+use collie_net::admin::CheckReport;
+use collie_placement::ids::{base_oid, object_kind, ObjectKind, Vid, DEFAULT_OBJECT_SIZE, MAX_VID};
 use collie_placement::Redundancy;
 use futures::future::join_all;
 
@@ -307,7 +309,14 @@ async fn data_objects(gw: &Gateway, vid: Vid) -> Result<Vec<u64>> {
         .list_all()
         .await?
         .into_iter()
-        .filter(|&oid| matches!(object_kind(oid), ObjectKind::Data { vid: v, .. } if v == vid))
+        .filter_map(|key| match object_kind(key) {
+            ObjectKind::Data { vid: v, .. } | ObjectKind::Fragment { vid: v, .. } if v == vid => {
+                Some(base_oid(key))
+            }
+            _ => None,
+        })
+        .collect::<std::collections::BTreeSet<u64>>()
+        .into_iter()
         .collect())
 }
 
@@ -315,8 +324,9 @@ async fn data_objects(gw: &Gateway, vid: Vid) -> Result<Vec<u64>> {
 /// that names created later on the same probe chain stay reachable).
 pub async fn delete(gw: &Gateway, name: &str) -> Result<()> {
     let mut inode = lookup(gw, name).await?;
+    let objects = Objects::of(&inode)?;
     for chunk in data_objects(gw, inode.vid).await?.chunks(FAN_OUT) {
-        for r in join_all(chunk.iter().map(|&oid| gw.remove(oid, inode.copies()))).await {
+        for r in join_all(chunk.iter().map(|&oid| objects.remove(gw, oid))).await {
             r?;
         }
     }
@@ -333,6 +343,24 @@ pub async fn delete(gw: &Gateway, name: &str) -> Result<()> {
     .await?;
     inode.deleted = true;
     write_inode(gw, &inode).await
+}
+
+/// Verifies every object of a VDI at its primary (and repairs, if asked). Erasure-coded
+/// VDIs only: replicated copies are compared by the recovery work (not done yet).
+pub async fn check(gw: &Gateway, name: &str, repair: bool) -> Result<CheckReport> {
+    let inode = lookup(gw, name).await?;
+    let Objects::Erasure(lay) = Objects::of(&inode)? else {
+        return Err(VdiError::Invalid(format!(
+            "'{name}' is replicated: dog vdi check verifies erasure-coded VDIs so far"
+        )));
+    };
+    let mut report = CheckReport::default();
+    for chunk in data_objects(gw, inode.vid).await?.chunks(FAN_OUT) {
+        for r in join_all(chunk.iter().map(|&oid| gw.ec_check(oid, &lay, repair))).await {
+            report += r?;
+        }
+    }
+    Ok(report)
 }
 
 /// Every live VDI with the bytes its data objects hold (one copy counted).
@@ -365,6 +393,20 @@ pub async fn list(gw: &Gateway) -> Result<Vec<(Inode, u64)>> {
         for (&(vid, _), st) in chunk.iter().zip(stats) {
             if let (Some(info), Some(entry)) = (st?, out.iter_mut().find(|(i, _)| i.vid == vid)) {
                 entry.1 += info.used;
+            }
+        }
+    }
+    // An erasure-coded object counts its object size once, as Sheepdog counts
+    // allocated objects (fragments and parity are not the VDI's bytes).
+    let coded: std::collections::BTreeSet<u64> = oids
+        .iter()
+        .filter(|&&k| matches!(object_kind(k), ObjectKind::Fragment { .. }))
+        .map(|&k| base_oid(k))
+        .collect();
+    for oid in coded {
+        if let ObjectKind::Data { vid, .. } = object_kind(oid) {
+            if let Some(entry) = out.iter_mut().find(|(i, _)| i.vid == vid) {
+                entry.1 += entry.0.object_size();
             }
         }
     }
@@ -404,6 +446,106 @@ pub async fn set_owner(gw: &Gateway, inode: &Inode, index: u32, owner: Vid) -> R
     )
     .await?;
     Ok(())
+}
+
+/// How a VDI's data objects are kept: whole copies, or erasure-coded fragments. The
+/// one place that knows both, for the NBD export and the VDI operations alike.
+#[derive(Clone, Copy, Debug)]
+pub enum Objects {
+    Replicated { copies: usize },
+    Erasure(Layout),
+}
+
+impl Objects {
+    pub fn of(inode: &Inode) -> Result<Objects> {
+        Ok(match Layout::of(inode.redundancy, inode.object_size())? {
+            None => Objects::Replicated {
+                copies: inode.copies(),
+            },
+            Some(l) => Objects::Erasure(l),
+        })
+    }
+
+    /// `NotFound` if the object does not exist (the caller reads zeros).
+    pub async fn read(
+        &self,
+        gw: &Gateway,
+        oid: u64,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Vec<u8>> {
+        match self {
+            Objects::Replicated { copies } => gw.read(oid, offset, len, *copies).await,
+            Objects::Erasure(l) => gw.ec_read(oid, l, offset, len).await,
+        }
+    }
+
+    pub async fn write(
+        &self,
+        gw: &Gateway,
+        oid: u64,
+        offset: u64,
+        data: &[u8],
+        object_size: u64,
+    ) -> StoreResult<()> {
+        match self {
+            Objects::Replicated { copies } => {
+                gw.write(oid, offset, data, meta(object_size), *copies)
+                    .await
+            }
+            Objects::Erasure(l) => gw.ec_write(oid, l, offset, Content::Data(data)).await,
+        }
+    }
+
+    /// Makes a range read as zeros. Replicated objects free it (whole objects are
+    /// removed, parts discarded; objects that do not exist are left alone).
+    /// Erasure-coded stripes become zeros by a versioned write like any other, so a
+    /// crash cannot leave fragments half removed; their space is not freed.
+    pub async fn punch(
+        &self,
+        gw: &Gateway,
+        oid: u64,
+        offset: u64,
+        len: u64,
+        object_size: u64,
+    ) -> StoreResult<()> {
+        match self {
+            Objects::Replicated { copies } => {
+                if gw.stat(oid, *copies).await?.is_none() {
+                    return Ok(());
+                }
+                if offset == 0 && len == object_size {
+                    gw.remove(oid, *copies).await
+                } else {
+                    gw.discard(oid, offset, len, meta(object_size), *copies)
+                        .await
+                }
+            }
+            Objects::Erasure(l) => gw.ec_write(oid, l, offset, Content::Zeros(len)).await,
+        }
+    }
+
+    /// `(length, has_data)` runs; `NotFound` if the object does not exist. Erasure-coded
+    /// objects answer "data" throughout (always safe; holes are only a hint).
+    pub async fn extents(
+        &self,
+        gw: &Gateway,
+        oid: u64,
+        offset: u64,
+        len: u64,
+    ) -> StoreResult<Vec<(u64, bool)>> {
+        match self {
+            Objects::Replicated { copies } => gw.extents(oid, offset, len, *copies).await,
+            Objects::Erasure(_) => Ok(vec![(len, true)]),
+        }
+    }
+
+    pub async fn remove(&self, gw: &Gateway, oid: u64) -> StoreResult<()> {
+        match self {
+            Objects::Replicated { copies } => gw.remove(oid, *copies).await,
+            Objects::Erasure(l) => gw.ec_remove(oid, l).await,
+        }
+    }
 }
 
 /// One object's share of a VDI byte range.

@@ -24,6 +24,18 @@ pub enum Op {
     Stat = 5,
     Extents = 6,
     List = 7,
+    /// Holder: write stripes of one fragment (erasure coding, docs/wire-peer.md).
+    FragWrite = 8,
+    /// Holder: read stripes of one fragment at chosen or newest versions.
+    FragRead = 9,
+    /// Holder: the stripe headers of every fragment of an object this node holds.
+    FragProbe = 10,
+    /// Primary fragment holder: write a byte range of an erasure-coded object.
+    EcWrite = 11,
+    /// Primary fragment holder: verify (and repair) every stripe of an object.
+    EcCheck = 12,
+    /// Holder: remove every fragment of an object.
+    FragRemove = 13,
 }
 
 impl Op {
@@ -36,6 +48,12 @@ impl Op {
             5 => Op::Stat,
             6 => Op::Extents,
             7 => Op::List,
+            8 => Op::FragWrite,
+            9 => Op::FragRead,
+            10 => Op::FragProbe,
+            11 => Op::EcWrite,
+            12 => Op::EcCheck,
+            13 => Op::FragRemove,
             _ => return None,
         })
     }
@@ -47,6 +65,13 @@ pub const FLAG_RESPONSE: u8 = 1;
 /// answer `NOT_FOUND` (a gateway's partial write must not create a copy whose other
 /// bytes read as zeros).
 pub const FLAG_MUST_EXIST: u8 = 2;
+/// Flag in FragWrite requests: the object is new; a holder that has no such fragment
+/// marks every stripe the write does not cover as zeros.
+pub const FLAG_CREATE: u8 = 4;
+/// Flag in FragWrite and EcWrite requests: the stripes become zeros; no data is sent.
+pub const FLAG_ZEROS: u8 = 8;
+/// Flag in EcCheck requests: rewrite what is missing or wrong.
+pub const FLAG_REPAIR: u8 = 16;
 
 /// Status of a response: 0, or one of these.
 pub mod status {
@@ -83,7 +108,8 @@ pub struct PeerHeader {
     pub obj_version: u64,
     pub payload_len: u32,
     pub payload_crc: u32,
-    pub _reserved: u32,
+    /// Erasure-coded ops: data fragments << 8 | parity fragments; 0 otherwise.
+    pub geometry: u32,
     /// CRC32C of the 76 bytes before it.
     pub header_crc: u32,
 }
@@ -242,6 +268,19 @@ pub fn decode_extents(p: &[u8]) -> Result<Vec<(u64, bool)>, PeerError> {
         .collect()
 }
 
+/// Splits `n` u64 LE values off the front of a payload; the rest follows.
+pub fn split_u64s(p: &[u8], n: usize) -> Result<(Vec<u64>, &[u8]), PeerError> {
+    let bytes = n
+        .checked_mul(8)
+        .filter(|&b| b <= p.len())
+        .ok_or(PeerError::Malformed("payload shorter than its u64 list"))?;
+    let v = p[..bytes]
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().unwrap_or([0; 8])))
+        .collect();
+    Ok((v, &p[bytes..]))
+}
+
 /// List payload: oids as u64 LE.
 pub fn encode_oids(oids: &[u64]) -> Vec<u8> {
     oids.iter().flat_map(|o| o.to_le_bytes()).collect()
@@ -310,5 +349,10 @@ mod tests {
         let oids = vec![1, u64::MAX, 77];
         assert_eq!(decode_oids(&encode_oids(&oids)).unwrap(), oids);
         assert!(decode_oids(&[0; 7]).is_err());
+        let mut p = encode_oids(&[5, 6]);
+        p.extend_from_slice(b"rest");
+        assert_eq!(split_u64s(&p, 2).unwrap(), (vec![5, 6], &b"rest"[..]));
+        assert!(split_u64s(&p, 3).is_err());
+        assert!(split_u64s(&p, usize::MAX).is_err());
     }
 }

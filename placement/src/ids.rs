@@ -16,6 +16,13 @@ pub const VDI_ATTR_BIT: u64 = 1 << 61;
 pub const VDI_BTREE_BIT: u64 = 1 << 60;
 /// Cluster-wide metadata objects (format record); not in Sheepdog, which kept it in a file.
 pub const CLUSTER_BIT: u64 = 1 << 59;
+/// One fragment of an erasure-coded data object, as a holder stores it: the data oid
+/// with this bit and the fragment index in bits 24..32 (data indexes stay below 2^22:
+/// a VDI is at most 16 TiB of 4 MiB objects). Sheepdog kept the index in the file name.
+pub const FRAGMENT_BIT: u64 = 1 << 58;
+const FRAGMENT_SHIFT: u32 = 24;
+/// Data indexes an erasure-coded VDI may use (the fragment index sits above them).
+pub const MAX_FRAGMENTED_INDEX: u32 = (1 << FRAGMENT_SHIFT) - 1;
 const TYPE_MASK: u64 = 0xff << 56;
 
 /// A 24-bit VDI id.
@@ -60,9 +67,22 @@ impl std::fmt::Display for Vid {
 /// What an oid names, decoded from its type bits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum ObjectKind {
-    Data { vid: Vid, index: u32 },
-    Inode { vid: Vid },
-    Cluster { index: u32 },
+    Data {
+        vid: Vid,
+        index: u32,
+    },
+    Inode {
+        vid: Vid,
+    },
+    Cluster {
+        index: u32,
+    },
+    /// Fragment `fragment` of data object `index` of an erasure-coded VDI.
+    Fragment {
+        vid: Vid,
+        index: u32,
+        fragment: u8,
+    },
     Other,
 }
 
@@ -73,6 +93,11 @@ pub fn object_kind(oid: u64) -> ObjectKind {
         (0, Some(vid)) => ObjectKind::Data { vid, index: low },
         (VDI_BIT, Some(vid)) if low == 0 => ObjectKind::Inode { vid },
         (CLUSTER_BIT, None) if oid >> 32 == CLUSTER_BIT >> 32 => ObjectKind::Cluster { index: low },
+        (FRAGMENT_BIT, Some(vid)) => ObjectKind::Fragment {
+            vid,
+            index: low & MAX_FRAGMENTED_INDEX,
+            fragment: (low >> FRAGMENT_SHIFT) as u8,
+        },
         _ => ObjectKind::Other,
     }
 }
@@ -80,6 +105,23 @@ pub fn object_kind(oid: u64) -> ObjectKind {
 /// Oid of cluster metadata object `index` (0 = the format record).
 pub fn cluster_oid(index: u32) -> u64 {
     CLUSTER_BIT | u64::from(index)
+}
+
+/// The key fragment `fragment` of data object `oid` is stored under.
+pub fn fragment_oid(oid: u64, fragment: u8) -> u64 {
+    debug_assert!(oid & TYPE_MASK == 0 && (oid as u32) <= MAX_FRAGMENTED_INDEX);
+    FRAGMENT_BIT | oid | (u64::from(fragment) << FRAGMENT_SHIFT)
+}
+
+/// The object a key belongs to: the data oid for a fragment, the key itself otherwise.
+/// Everything that places or routes an object uses this, so all fragments of one
+/// object live in the same partition (and shard) of their holders.
+pub fn base_oid(key: u64) -> u64 {
+    if key & TYPE_MASK == FRAGMENT_BIT {
+        key & !(FRAGMENT_BIT | (0xff << FRAGMENT_SHIFT))
+    } else {
+        key
+    }
 }
 
 /// FNV-1a, 64 bit (Sheepdog's `fnv_64a_buf` with its initial basis).
@@ -129,6 +171,17 @@ mod tests {
             ObjectKind::Cluster { index: 0 }
         );
         assert_eq!(object_kind(7), ObjectKind::Other);
+        let f = fragment_oid(v.data_oid(7), 5);
+        assert_eq!(
+            object_kind(f),
+            ObjectKind::Fragment {
+                vid: v,
+                index: 7,
+                fragment: 5
+            }
+        );
+        assert_eq!(base_oid(f), v.data_oid(7));
+        assert_eq!(base_oid(v.inode_oid()), v.inode_oid());
         assert_eq!(object_kind(v.inode_oid() | 1), ObjectKind::Other);
     }
 }

@@ -7,7 +7,9 @@ use std::ffi::CStr;
 use std::fmt::Write as _;
 
 use collie_net::admin::MAX_NAME;
-use collie_net::admin::{AdminError, ClusterInfo, NodeEntry, NodeInfo, ObjectLocation, VdiInfo};
+use collie_net::admin::{
+    AdminError, CheckReport, ClusterInfo, NodeEntry, NodeInfo, ObjectLocation, VdiInfo,
+};
 use collie_placement::Redundancy;
 
 use crate::units::{format_size, parse_size};
@@ -76,6 +78,11 @@ pub enum Command {
     VdiObjectLocation {
         name: String,
         index: u64,
+        raw: bool,
+    },
+    /// `vdi check`: verify every stripe and repair what is wrong (as Sheepdog does).
+    VdiCheck {
+        name: String,
         raw: bool,
     },
 }
@@ -166,7 +173,7 @@ struct CmdSpec {
 
 /// Sheepdog's command tree, the part Collie implements.
 #[rustfmt::skip]
-const COMMANDS: [CmdSpec; 13] = [
+const COMMANDS: [CmdSpec; 14] = [
     cmd("cluster", "format", &[Opt::Copies, Opt::Force], "", 0, 0, "format the cluster (default redundancy: 3 copies)"),
     cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, creation time and epoch history"),
     cmd("cluster", "shutdown", &[], "", 0, 0, "stop every sheep cleanly"),
@@ -180,6 +187,7 @@ const COMMANDS: [CmdSpec; 13] = [
     cmd("vdi", "read", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy LEN bytes (default: to the end) of a VDI to stdout"),
     cmd("vdi", "write", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy stdin (LEN bytes, default: until EOF) into a VDI"),
     cmd("vdi", "object location", &[Opt::Raw], "NAME INDEX", 2, 2, "show which nodes hold object INDEX (0, 1, ...) of a VDI"),
+    cmd("vdi", "check", &[Opt::Raw], "NAME", 1, 1, "verify every stripe of an erasure-coded VDI and repair what is wrong"),
 ];
 
 const fn cmd(
@@ -543,6 +551,10 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
             index: number(1, "object index", " (0 is the VDI's first object)")?,
             raw: seen.raw,
         },
+        ("vdi", "check") => Command::VdiCheck {
+            name: vdi_name(0)?,
+            raw: seen.raw,
+        },
         _ => {
             return Err(usage_err(
                 format!("'{group} {name}' is not implemented"),
@@ -690,6 +702,31 @@ pub fn object_not_written(oid: u64) -> String {
 /// Raw output is one line per copy, targets first in placement order:
 /// `ADDR ZONE USED CRC target|misplaced`, USED in bytes and CRC (CRC32C of the copy as
 /// it reads) as 8 hex digits; nothing at all when no node holds the object.
+/// `dog vdi check`: one summary (raw: `objects stripes consistent repaired lost
+/// unplaced`). Stripes counted consistent were so before any repair.
+pub fn format_check(name: &str, r: &CheckReport, raw: bool) -> String {
+    if raw {
+        return format!(
+            "{} {} {} {} {} {}\n",
+            r.objects, r.stripes, r.consistent, r.repaired, r.lost, r.unplaced
+        );
+    }
+    let mut out = format!(
+        "{name}: {} objects, {} stripes: {} consistent, {} repaired, {} lost\n",
+        r.objects, r.stripes, r.consistent, r.repaired, r.lost
+    );
+    if r.unplaced > 0 {
+        writeln!(
+            out,
+            "{} fragment stripes have no node to hold them: the cluster has fewer zones \
+             than data + parity fragments",
+            r.unplaced
+        )
+        .ok();
+    }
+    out
+}
+
 pub fn format_object_location(loc: &ObjectLocation, nodes: usize, raw: bool) -> String {
     let mut out = String::new();
     let is_target = |addr: &str| loc.targets.iter().any(|t| t == addr);

@@ -52,6 +52,12 @@ pub enum Request {
         name: String,
         index: u64,
     },
+    /// Verify every object of a VDI (every stripe of an erasure-coded one); with
+    /// `repair`, rewrite what is missing or wrong.
+    VdiCheck {
+        name: String,
+        repair: bool,
+    },
 
     // Between sheep: the node that received a cluster-wide command sends these to
     // every member (itself included). `dog` has no use for them.
@@ -221,6 +227,33 @@ pub enum Response {
     Location(ObjectLocation),
     /// Answer to `ObjectCopy`: `None` when the node has no copy.
     Copy(Option<CopyInfo>),
+    Check(CheckReport),
+}
+
+/// What `dog vdi check` found (counts over the VDI's objects).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CheckReport {
+    pub objects: u64,
+    /// Stripes checked (erasure coding; 0 for replicated VDIs).
+    pub stripes: u64,
+    /// Stripes whose every fragment is on its target at one version, parity matching.
+    pub consistent: u64,
+    pub repaired: u64,
+    /// Stripes no version of which could be decoded.
+    pub lost: u64,
+    /// Fragments with no target (fewer zones than data + parity).
+    pub unplaced: u64,
+}
+
+impl std::ops::AddAssign for CheckReport {
+    fn add_assign(&mut self, o: Self) {
+        self.objects += o.objects;
+        self.stripes += o.stripes;
+        self.consistent += o.consistent;
+        self.repaired += o.repaired;
+        self.lost += o.lost;
+        self.unplaced += o.unplaced;
+    }
 }
 
 mod op {
@@ -237,6 +270,7 @@ mod op {
     pub const NODE_LIST: u16 = 0x05;
     pub const NODE_KILL: u16 = 0x06;
     pub const OBJECT_LOCATION: u16 = 0x16;
+    pub const VDI_CHECK: u16 = 0x17;
     pub const NODE_FORMAT: u16 = 0x40;
     pub const NODE_STAT: u16 = 0x41;
     pub const OBJECT_COPY: u16 = 0x42;
@@ -253,6 +287,7 @@ mod op {
     pub const R_NODES: u16 = 0x88;
     pub const R_LOCATION: u16 = 0x89;
     pub const R_COPY: u16 = 0x8a;
+    pub const R_CHECK: u16 = 0x8b;
 }
 
 fn redundancy(d: &mut Dec<'_>) -> Result<Redundancy> {
@@ -276,7 +311,8 @@ impl Request {
             | Request::VdiResize { name, .. }
             | Request::VdiRead { name, .. }
             | Request::VdiWrite { name, .. }
-            | Request::ObjectLocation { name, .. } => name.as_str(),
+            | Request::ObjectLocation { name, .. }
+            | Request::VdiCheck { name, .. } => name.as_str(),
             _ => "",
         };
         if name.len() > MAX_NAME {
@@ -351,6 +387,10 @@ impl Request {
                 e.str(name).u64(*index);
                 op::OBJECT_LOCATION
             }
+            Request::VdiCheck { name, repair } => {
+                e.str(name).bool(*repair);
+                op::VDI_CHECK
+            }
             Request::NodeFormat {
                 redundancy,
                 force,
@@ -416,6 +456,10 @@ impl Request {
             op::OBJECT_LOCATION => Request::ObjectLocation {
                 name: d.str(MAX_NAME, "vdi name")?,
                 index: d.u64("object index")?,
+            },
+            op::VDI_CHECK => Request::VdiCheck {
+                name: d.str(MAX_NAME, "vdi name")?,
+                repair: d.bool("repair")?,
             },
             op::NODE_FORMAT => Request::NodeFormat {
                 redundancy: redundancy(&mut d)?,
@@ -585,6 +629,15 @@ impl Response {
                 }
                 (op::R_COPY, 0)
             }
+            Response::Check(c) => {
+                e.u64(c.objects)
+                    .u64(c.stripes)
+                    .u64(c.consistent)
+                    .u64(c.repaired)
+                    .u64(c.lost)
+                    .u64(c.unplaced);
+                (op::R_CHECK, 0)
+            }
         };
         (code, status, e.0)
     }
@@ -693,6 +746,14 @@ impl Response {
                     copies,
                 })
             }
+            op::R_CHECK => Response::Check(CheckReport {
+                objects: d.u64("objects")?,
+                stripes: d.u64("stripes")?,
+                consistent: d.u64("consistent")?,
+                repaired: d.u64("repaired")?,
+                lost: d.u64("lost")?,
+                unplaced: d.u64("unplaced")?,
+            }),
             op::R_COPY => Response::Copy(if d.bool("has copy")? {
                 Some(copy(&mut d)?)
             } else {

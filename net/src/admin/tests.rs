@@ -95,6 +95,10 @@ fn every_message_round_trips() {
         },
         Request::NodeStat,
         Request::ObjectCopy { oid: 42 },
+        Request::VdiCheck {
+            name: "erasure".into(),
+            repair: true,
+        },
         Request::EpochFreeze,
         Request::NodeStop,
     ] {
@@ -153,6 +157,14 @@ fn every_message_round_trips() {
         }),
         Response::Copy(Some(copy_info())),
         Response::Copy(None),
+        Response::Check(CheckReport {
+            objects: 1,
+            stripes: 2,
+            consistent: 3,
+            repaired: 4,
+            lost: 5,
+            unplaced: 6,
+        }),
     ] {
         round_trip_response(r);
     }

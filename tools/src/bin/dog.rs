@@ -140,6 +140,7 @@ fn unexpected(r: &Response) -> Fail {
         Response::Nodes(_) => "a node list",
         Response::Location(_) => "an object location",
         Response::Copy(_) => "an object copy",
+        Response::Check(_) => "a check report",
     };
     Fail::Msg(format!(
         "unexpected answer from sheep ({kind}); are dog and sheep the same version?"
@@ -237,6 +238,22 @@ fn run(inv: &Invocation) -> Result<()> {
             };
             write_stdout(dogcli::format_object_location(&loc, nodes, *raw).as_bytes())
         }
+        Command::VdiCheck { name, raw } => match s.call(&Request::VdiCheck {
+            name: name.clone(),
+            repair: true,
+        })? {
+            Response::Check(r) => {
+                write_stdout(dogcli::format_check(name, &r, *raw).as_bytes())?;
+                if r.lost > 0 {
+                    return Err(Fail::Msg(format!(
+                        "{} stripes of '{name}' cannot be decoded",
+                        r.lost
+                    )));
+                }
+                Ok(())
+            }
+            other => Err(unexpected(&other)),
+        },
         Command::VdiRead { name, offset, len } => vdi_read(&mut s, name, *offset, *len),
         Command::VdiWrite { name, offset, len } => vdi_write(&mut s, name, *offset, *len),
     }

@@ -1,0 +1,1504 @@
+//! Erasure-coded data objects (DESIGN.md §5; docs/erasure.md).
+//!
+//! An object of a `D:P` VDI is kept as `D + P` fragments on the first `D + P` targets
+//! of its oid, fragment `j` on target `j`, each under its own key
+//! ([`fragment_oid`]). The placement module says which bytes are in which fragment.
+//!
+//! No write hole. Every stripe carries a version; a holder keeps each stripe's chunk in
+//! two slots, and a write of version `v` goes into the slot that does not hold the
+//! version the writer read (its *keep* version), so until the write is complete on all
+//! holders the old version still decodes from them. Versions are
+//! `epoch << 32 | counter`: only the primary (target 0) assigns them, at most one node
+//! is the primary of an object in an epoch, and epochs only grow, so a newer write
+//! always has a larger version. A reader that finds fragments at different versions
+//! decodes the newest version that at least `D` fragments hold, never a mix; a stripe's
+//! blocks that a write did not touch are the same in both versions, so they never
+//! change. A slot whose chunk fails its CRC32C (a write torn by a crash, bit rot) is
+//! skipped as if it were absent.
+//!
+//! Ordering. Writes go to the primary, which runs the read-modify-write of partial
+//! stripes under a range lock of its owning shard, so two writers to different blocks
+//! of one stripe never lose each other's update. Reads go straight to the data
+//! fragments' holders, each chunk at its holder's newest version; anything unexpected
+//! (a missing fragment, a damaged chunk, an unreachable holder) sends the read to the
+//! careful path: ask every member for its fragments of the object, pick versions as
+//! above and decode.
+
+use crate::error::{Result, StoreError};
+use crate::gateway::{lock_range, peer_addr, view, Gateway, Target};
+use crate::partition::WriteMeta;
+use crate::peer::{Call, RpcError};
+use crate::shard::{Reply, Shard};
+use bytemuck::{Pod, Zeroable};
+use collie_net::admin::CheckReport;
+use collie_net::peer::{split_u64s, Op, FLAG_CREATE, FLAG_REPAIR, FLAG_ZEROS, MAX_PAYLOAD};
+use collie_placement::erasure::{Codec, Geometry, DEFAULT_CHUNK};
+use collie_placement::ids::{fragment_oid, object_kind, ObjectKind};
+use collie_placement::Redundancy;
+use futures::future::join_all;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::rc::Rc;
+
+type Rpc<T> = std::result::Result<T, RpcError>;
+
+/// The version every stripe of a new object starts at: zeros. Versions the primary
+/// assigns are `epoch << 32 | counter` with epoch >= 1, so always larger.
+pub const INITIAL: u64 = 1;
+/// In a FragRead: the newest valid version of this stripe.
+pub const NEWEST: u64 = 0;
+/// In a FragRead: this stripe is not wanted.
+pub const SKIP: u64 = u64::MAX;
+
+/// Slot flag: the stripe's chunk is zeros (nothing was written to the slot).
+const SLOT_ZEROS: u32 = 1;
+/// Objects whose stripe versions a primary remembers, per shard.
+const CACHED_OBJECTS: usize = 4096;
+
+/// One slot of a stripe's header entry on a holder.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct Slot {
+    /// 0: never written (unknown, not zeros).
+    pub version: u64,
+    /// CRC32C of the chunk in the slot.
+    pub crc: u32,
+    pub flags: u32,
+}
+
+/// A holder's header entry for one stripe of one fragment.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable, PartialEq, Eq)]
+pub struct StripeEntry {
+    pub slots: [Slot; 2],
+}
+const ENTRY: u64 = std::mem::size_of::<StripeEntry>() as u64;
+const _: () = assert!(ENTRY == 32);
+
+impl StripeEntry {
+    fn initial() -> StripeEntry {
+        let mut e = StripeEntry::zeroed();
+        e.slots[0] = Slot {
+            version: INITIAL,
+            crc: 0,
+            flags: SLOT_ZEROS,
+        };
+        e
+    }
+    /// The newest version this entry records (0 if none).
+    pub fn newest(&self) -> u64 {
+        self.slots[0].version.max(self.slots[1].version)
+    }
+    fn has(&self, v: u64) -> bool {
+        v != 0 && self.slots.iter().any(|s| s.version == v)
+    }
+}
+
+/// How an erasure-coded VDI's objects are cut, and where a holder keeps a fragment: a
+/// header of one [`StripeEntry`] per stripe (4 KiB aligned), then two slots of a whole
+/// fragment each.
+#[derive(Clone, Copy, Debug)]
+pub struct Layout {
+    pub geo: Geometry,
+    header: u64,
+}
+
+impl Layout {
+    /// The layout of a VDI's data objects; `None` for replicated VDIs.
+    pub fn of(r: Redundancy, object_size: u64) -> Result<Option<Layout>> {
+        match r {
+            Redundancy::Replicated { .. } => Ok(None),
+            Redundancy::Erasure { data, parity } => {
+                Geometry::new(data.into(), parity.into(), DEFAULT_CHUNK, object_size)
+                    .map(|geo| Some(Layout::new(geo)))
+                    .map_err(|e| StoreError::Invalid(e.to_string()))
+            }
+        }
+    }
+
+    fn new(geo: Geometry) -> Layout {
+        Layout {
+            geo,
+            header: (geo.stripes() * ENTRY).next_multiple_of(4096),
+        }
+    }
+
+    fn from_wire(geometry: u32, object_size: u64) -> Result<Layout> {
+        let (d, p) = ((geometry >> 8) as u8, geometry as u8);
+        if geometry >> 16 != 0 || p == 0 {
+            return Err(StoreError::Invalid(format!(
+                "erasure geometry {geometry:#x} is not data << 8 | parity"
+            )));
+        }
+        Layout::of(Redundancy::Erasure { data: d, parity: p }, object_size)?
+            .ok_or_else(|| StoreError::Invalid("not an erasure geometry".into()))
+    }
+
+    pub fn wire(&self) -> u32 {
+        self.geo.data() << 8 | self.geo.parity()
+    }
+    pub fn data(&self) -> usize {
+        self.geo.data() as usize
+    }
+    /// Fragments per object (data + parity).
+    pub fn width(&self) -> usize {
+        self.geo.fragments() as usize
+    }
+    fn chunk(&self) -> usize {
+        self.geo.chunk() as usize
+    }
+    pub fn stripes(&self) -> u64 {
+        self.geo.stripes()
+    }
+    fn stripe_size(&self) -> u64 {
+        self.geo.stripe_size()
+    }
+    /// Size of the store object that holds one fragment.
+    fn fragment_object_size(&self) -> u64 {
+        self.header + 2 * self.geo.fragment_size()
+    }
+    fn meta(&self) -> WriteMeta {
+        WriteMeta {
+            object_size: self.fragment_object_size(),
+            version: 0,
+            epoch: crate::gateway::current_epoch().max(1),
+        }
+    }
+    fn slot_at(&self, slot: usize, stripe: u64) -> u64 {
+        self.header + slot as u64 * self.geo.fragment_size() + stripe * self.geo.chunk()
+    }
+    fn check_stripes(&self, s0: u64, n: u64) -> Result<()> {
+        if n == 0 || s0.checked_add(n).is_none_or(|e| e > self.stripes()) {
+            return Err(StoreError::OutOfRange(format!(
+                "stripes {s0}+{n} outside an object of {} stripes",
+                self.stripes()
+            )));
+        }
+        Ok(())
+    }
+}
+
+// ------------------------------------------------------------------ holder side
+
+fn entries_of(b: &[u8]) -> Vec<StripeEntry> {
+    b.chunks_exact(ENTRY as usize)
+        .map(bytemuck::pod_read_unaligned)
+        .collect()
+}
+
+async fn entries(sh: &Shard, key: u64, s0: u64, n: u64) -> Result<Option<Vec<StripeEntry>>> {
+    match sh.read(key, s0 * ENTRY, n * ENTRY).await {
+        Ok(b) => Ok(Some(entries_of(&b))),
+        Err(StoreError::NotFound(_)) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// The slot a write of `version` takes: the one already holding it (a retry), else
+/// the one not holding `keep`, else the older one.
+fn choose(e: &StripeEntry, version: u64, keep: u64) -> usize {
+    if let Some(k) = (0..2).find(|&k| e.slots[k].version == version) {
+        return k;
+    }
+    if let Some(k) = (0..2).find(|&k| keep != 0 && e.slots[k].version == keep) {
+        return 1 - k;
+    }
+    usize::from(e.slots[0].version > e.slots[1].version)
+}
+
+/// Writes stripes `s0..` of fragment `key`: chunk data (or zeros) first, then the
+/// header entries naming them, so a crash in between leaves the old entry, whose CRC
+/// no longer matches, and the kept slot intact.
+#[allow(clippy::too_many_arguments)]
+async fn frag_write(
+    sh: &Shard,
+    key: u64,
+    lay: &Layout,
+    s0: u64,
+    versions: &[u64],
+    keeps: &[u64],
+    data: Option<&[u8]>,
+    create: bool,
+) -> Result<()> {
+    let n = versions.len();
+    lay.check_stripes(s0, n as u64)?;
+    let c = lay.chunk();
+    if keeps.len() != n || data.is_some_and(|d| d.len() != n * c) || versions.contains(&0) {
+        return Err(StoreError::Invalid(
+            "fragment write: bad lengths or versions".into(),
+        ));
+    }
+    let meta = lay.meta();
+    let (mut ents, h0) = match entries(sh, key, s0, n as u64).await? {
+        Some(e) => (e, s0),
+        None if create => (vec![StripeEntry::initial(); lay.stripes() as usize], 0),
+        None => (vec![StripeEntry::zeroed(); n], s0),
+    };
+    let off = (s0 - h0) as usize;
+    let slots: Vec<usize> = (0..n)
+        .map(|i| choose(&ents[off + i], versions[i], keeps[i]))
+        .collect();
+    if let Some(data) = data {
+        let mut writes = Vec::new();
+        let mut i = 0;
+        while i < n {
+            let mut j = i + 1;
+            while j < n && slots[j] == slots[i] {
+                j += 1;
+            }
+            let at = lay.slot_at(slots[i], s0 + i as u64);
+            writes.push(sh.write(key, at, &data[i * c..j * c], meta));
+            i = j;
+        }
+        for r in join_all(writes).await {
+            r?;
+        }
+    }
+    for i in 0..n {
+        ents[off + i].slots[slots[i]] = match data {
+            Some(d) => Slot {
+                version: versions[i],
+                crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
+                flags: 0,
+            },
+            None => Slot {
+                version: versions[i],
+                crc: 0,
+                flags: SLOT_ZEROS,
+            },
+        };
+    }
+    sh.write(key, h0 * ENTRY, bytemuck::cast_slice(&ents), meta)
+        .await
+}
+
+/// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
+/// the newest valid one, or none for [`SKIP`]). Returns the versions found (0: none
+/// valid) and the chunks (zeros where none).
+async fn frag_read(
+    sh: &Shard,
+    key: u64,
+    lay: &Layout,
+    s0: u64,
+    wants: &[u64],
+) -> Result<(Vec<u64>, Vec<u8>)> {
+    let n = wants.len();
+    lay.check_stripes(s0, n as u64)?;
+    let ents = entries(sh, key, s0, n as u64)
+        .await?
+        .ok_or(StoreError::NotFound(key))?;
+    let c = lay.chunk();
+    let mut out = vec![0u8; n * c];
+    let mut got = vec![0u64; n];
+    // Candidate slots per stripe, best first.
+    let cands: Vec<Vec<usize>> = (0..n)
+        .map(|i| {
+            let e = &ents[i];
+            let mut v: Vec<usize> = (0..2)
+                .filter(|&k| match wants[i] {
+                    SKIP => false,
+                    NEWEST => e.slots[k].version != 0,
+                    w => e.slots[k].version == w,
+                })
+                .collect();
+            v.sort_by_key(|&k| std::cmp::Reverse(e.slots[k].version));
+            v
+        })
+        .collect();
+    let mut tried = vec![0usize; n];
+    // Rounds: each round reads every stripe's next candidate, runs of one slot at once.
+    for _ in 0..2 {
+        let mut i = 0;
+        while i < n {
+            let slot = match (got[i], cands[i].get(tried[i])) {
+                (0, Some(&k)) => k,
+                _ => {
+                    i += 1;
+                    continue;
+                }
+            };
+            if ents[i].slots[slot].flags & SLOT_ZEROS != 0 {
+                got[i] = ents[i].slots[slot].version;
+                tried[i] += 1;
+                i += 1;
+                continue;
+            }
+            let mut j = i + 1;
+            while j < n
+                && got[j] == 0
+                && cands[j].get(tried[j]) == Some(&slot)
+                && ents[j].slots[slot].flags & SLOT_ZEROS == 0
+            {
+                j += 1;
+            }
+            let at = lay.slot_at(slot, s0 + i as u64);
+            match sh.read(key, at, ((j - i) * c) as u64).await {
+                Ok(b) => {
+                    for k in i..j {
+                        let chunk = &b[(k - i) * c..(k - i + 1) * c];
+                        let s = &ents[k].slots[slot];
+                        if crc32c::crc32c(chunk) == s.crc {
+                            out[k * c..(k + 1) * c].copy_from_slice(chunk);
+                            got[k] = s.version;
+                        } else {
+                            tracing::warn!(
+                                key = format!("{key:#018x}"),
+                                stripe = s0 + k as u64,
+                                version = s.version,
+                                "fragment chunk fails its checksum; it needs repair"
+                            );
+                        }
+                    }
+                }
+                Err(e) => tracing::warn!(
+                    key = format!("{key:#018x}"),
+                    stripe = s0 + i as u64,
+                    "fragment read failed: {e}"
+                ),
+            }
+            for t in &mut tried[i..j] {
+                *t += 1;
+            }
+            i = j;
+        }
+    }
+    Ok((got, out))
+}
+
+/// Header entries of stripes `s0..` of every fragment of `oid` this node holds:
+/// `count u32, then per fragment: index u32 and its entries`.
+async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Result<Vec<u8>> {
+    lay.check_stripes(s0, n)?;
+    let mut out = vec![0u8; 4];
+    let mut count = 0u32;
+    for j in 0..lay.width() {
+        if let Some(e) = entries(sh, fragment_oid(oid, j as u8), s0, n).await? {
+            out.extend_from_slice(&(j as u32).to_le_bytes());
+            out.extend_from_slice(bytemuck::cast_slice(&e));
+            count += 1;
+        }
+    }
+    out[..4].copy_from_slice(&count.to_le_bytes());
+    Ok(out)
+}
+
+fn decode_probe(p: &[u8], lay: &Layout, n: u64) -> Result<Vec<(u8, Vec<StripeEntry>)>> {
+    let bad = || StoreError::Invalid("malformed fragment probe answer".into());
+    let count = u32::from_le_bytes(p.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
+    let each = 4 + (n * ENTRY) as usize;
+    if count as usize > lay.width() || p.len() != 4 + count as usize * each {
+        return Err(bad());
+    }
+    p[4..]
+        .chunks_exact(each)
+        .map(|f| {
+            let j = u32::from_le_bytes(f[..4].try_into().map_err(|_| bad())?);
+            if j as usize >= lay.width() {
+                return Err(bad());
+            }
+            Ok((j as u8, entries_of(&f[4..])))
+        })
+        .collect()
+}
+
+/// Runs an erasure-coding request on this node (from a peer frame or a local gateway).
+pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
+    let lay = Layout::from_wire(c.geometry, c.meta.object_size)?;
+    let data_oid = |oid: u64| match object_kind(oid) {
+        ObjectKind::Data { index, .. } if index <= collie_placement::ids::MAX_FRAGMENTED_INDEX => {
+            Ok(oid)
+        }
+        _ => Err(StoreError::Invalid(format!(
+            "{oid:#018x} is not a data object"
+        ))),
+    };
+    let fragment = |key: u64| match object_kind(key) {
+        ObjectKind::Fragment { fragment, .. } if usize::from(fragment) < lay.width() => Ok(key),
+        _ => Err(StoreError::Invalid(format!(
+            "{key:#018x} is not a fragment of a {}:{} object",
+            lay.geo.data(),
+            lay.geo.parity()
+        ))),
+    };
+    // Stripe counts are bounded by the geometry before anything is allocated for them.
+    let stripes = || -> Result<usize> {
+        lay.check_stripes(c.offset, c.len)?;
+        Ok(c.len as usize)
+    };
+    let bad = |e: collie_net::peer::PeerError| StoreError::Invalid(e.to_string());
+    match c.op {
+        Op::FragWrite => {
+            let (key, n) = (fragment(c.oid)?, stripes()?);
+            let (versions, rest) = split_u64s(c.payload, n).map_err(bad)?;
+            let (keeps, data) = split_u64s(rest, n).map_err(bad)?;
+            let data = (c.flags & FLAG_ZEROS == 0).then_some(data);
+            let create = c.flags & FLAG_CREATE != 0;
+            frag_write(sh, key, &lay, c.offset, &versions, &keeps, data, create).await?;
+            Ok(Vec::new())
+        }
+        Op::FragRead => {
+            let (key, n) = (fragment(c.oid)?, stripes()?);
+            let (wants, _) = split_u64s(c.payload, n).map_err(bad)?;
+            let (versions, data) = frag_read(sh, key, &lay, c.offset, &wants).await?;
+            let mut out = collie_net::peer::encode_oids(&versions);
+            out.extend_from_slice(&data);
+            Ok(out)
+        }
+        Op::FragProbe => {
+            let (oid, _) = (data_oid(c.oid)?, stripes()?);
+            Ok(frag_probe(sh, oid, &lay, c.offset, c.len).await?)
+        }
+        Op::FragRemove => {
+            let oid = data_oid(c.oid)?;
+            for j in 0..lay.width() {
+                sh.remove(fragment_oid(oid, j as u8)).await?;
+            }
+            Ok(Vec::new())
+        }
+        Op::EcWrite => {
+            let oid = data_oid(c.oid)?;
+            let content = if c.flags & FLAG_ZEROS != 0 {
+                Content::Zeros(c.len)
+            } else {
+                Content::Data(c.payload)
+            };
+            let gw = Gateway::new(sh.clone());
+            gw.primary_write(oid, &lay, c.offset, content).await?;
+            Ok(Vec::new())
+        }
+        Op::EcCheck => {
+            let oid = data_oid(c.oid)?;
+            let gw = Gateway::new(sh.clone());
+            let r = gw
+                .primary_check(oid, &lay, c.flags & FLAG_REPAIR != 0)
+                .await?;
+            Ok(encode_report(&r))
+        }
+        _ => Err(StoreError::Invalid(format!("{:?} is not an erasure-coding op", c.op)).into()),
+    }
+}
+
+// ------------------------------------------------------------------ gateway side
+
+/// What an erasure-coded write puts in its range.
+#[derive(Clone, Copy)]
+pub enum Content<'a> {
+    Data(&'a [u8]),
+    /// This many bytes of zeros.
+    Zeros(u64),
+}
+
+impl Content<'_> {
+    fn len(&self) -> u64 {
+        match self {
+            Content::Data(d) => d.len() as u64,
+            Content::Zeros(n) => *n,
+        }
+    }
+}
+
+/// Peer form of a check report: six u64s.
+fn encode_report(r: &CheckReport) -> Vec<u8> {
+    collie_net::peer::encode_oids(&[
+        r.objects,
+        r.stripes,
+        r.consistent,
+        r.repaired,
+        r.lost,
+        r.unplaced,
+    ])
+}
+
+fn decode_report(p: &[u8]) -> Result<CheckReport> {
+    match collie_net::peer::decode_oids(p).as_deref() {
+        Ok(&[objects, stripes, consistent, repaired, lost, unplaced]) => Ok(CheckReport {
+            objects,
+            stripes,
+            consistent,
+            repaired,
+            lost,
+            unplaced,
+        }),
+        _ => Err(StoreError::Invalid("malformed check report".into())),
+    }
+}
+
+/// One node's fragment of an object, and (if it was asked) its header entries.
+struct Holder {
+    t: Target,
+    frag: u8,
+    /// Entries of the stripes in question; `None`: assumed to hold the basis versions
+    /// (a target whose versions the primary knows).
+    ents: Option<Vec<StripeEntry>>,
+}
+
+thread_local! {
+    /// Stripe versions of objects this shard is the primary of, as of an epoch: every
+    /// target holds exactly these (0: not known). Only the primary writes, so they stay
+    /// true until the epoch changes or a write fails.
+    static KNOWN: RefCell<HashMap<u64, (u32, Vec<u64>)>> = RefCell::new(HashMap::new());
+    static COUNTER: Cell<u32> = const { Cell::new(0) };
+    static CODECS: RefCell<HashMap<u32, Codec>> = RefCell::new(HashMap::new());
+}
+
+fn known(oid: u64, epoch: u32, s0: u64, n: u64) -> Option<Vec<u64>> {
+    KNOWN.with(|k| {
+        let k = k.borrow();
+        let (e, v) = k.get(&oid)?;
+        let r = &v[s0 as usize..(s0 + n) as usize];
+        (*e == epoch && !r.contains(&0)).then(|| r.to_vec())
+    })
+}
+
+fn remember(oid: u64, epoch: u32, lay: &Layout, s0: u64, versions: &[u64]) {
+    KNOWN.with(|k| {
+        let mut k = k.borrow_mut();
+        if k.len() >= CACHED_OBJECTS && !k.contains_key(&oid) {
+            // Forgetting costs a probe of the targets on the next write; no more.
+            k.clear();
+        }
+        let e = k
+            .entry(oid)
+            .or_insert_with(|| (epoch, vec![0; lay.stripes() as usize]));
+        if e.0 != epoch {
+            *e = (epoch, vec![0; lay.stripes() as usize]);
+        }
+        e.1[s0 as usize..s0 as usize + versions.len()].copy_from_slice(versions);
+    })
+}
+
+fn forget(oid: u64) {
+    KNOWN.with(|k| k.borrow_mut().remove(&oid));
+}
+
+fn next_version(epoch: u32) -> u64 {
+    let c = COUNTER.with(|c| {
+        c.set(c.get().wrapping_add(1));
+        c.get()
+    });
+    u64::from(epoch.max(1)) << 32 | u64::from(c)
+}
+
+fn with_codec<T>(lay: &Layout, f: impl FnOnce(&mut Codec) -> T) -> T {
+    CODECS.with(|m| {
+        let mut m = m.borrow_mut();
+        let codec = m
+            .entry(lay.wire() ^ (lay.geo.object_size() as u32).rotate_left(16))
+            .or_insert_with(|| Codec::new(lay.geo));
+        if *codec.geometry() != lay.geo {
+            *codec = Codec::new(lay.geo);
+        }
+        f(codec)
+    })
+}
+
+fn codec_error(e: collie_placement::erasure::CodecError) -> StoreError {
+    StoreError::io("erasure code", std::io::Error::other(e.to_string()))
+}
+
+/// The newest version at least `d` distinct fragments record for stripe `i`.
+fn decodable(holders: &[Holder], i: usize, d: usize) -> Option<u64> {
+    let mut by_version: HashMap<u64, u32> = HashMap::new();
+    for h in holders {
+        if let Some(e) = h.ents.as_ref().map(|e| e[i]) {
+            for v in e.slots.iter().map(|s| s.version).filter(|&v| v != 0) {
+                *by_version.entry(v).or_default() |= 1 << h.frag;
+            }
+        }
+    }
+    by_version
+        .into_iter()
+        .filter(|(_, frags)| frags.count_ones() as usize >= d)
+        .map(|(v, _)| v)
+        .max()
+}
+
+impl Gateway {
+    fn ec_call<'a>(&self, op: Op, key: u64, lay: &Layout, s0: u64, n: u64) -> Call<'a> {
+        let mut c = Call::new(op, key);
+        c.offset = s0;
+        c.len = n;
+        c.meta.object_size = lay.geo.object_size();
+        c.geometry = lay.wire();
+        c
+    }
+
+    async fn ec_data(&self, epoch: u32, t: Target, c: &Call<'_>) -> Rpc<Vec<u8>> {
+        match self.exec(epoch, t, c).await? {
+            Reply::Data(d) => Ok(d),
+            _ => Err(StoreError::Invalid("data answer expected".into()).into()),
+        }
+    }
+
+    /// Where the primary of `oid` runs: `None` if it is this shard.
+    fn primary_of(&self, ts: &[Target], oid: u64) -> Rpc<Option<SocketAddr>> {
+        match ts.first() {
+            Some(Target::Remote(a)) => Ok(Some(*a)),
+            Some(Target::Local) if self.shard().owns(oid) => Ok(None),
+            Some(Target::Local) => {
+                // This node, another shard: its peer port, so the one shard that orders
+                // the object's writes runs them.
+                let v = view().ok_or_else(|| RpcError::Retry("no view".into()))?;
+                let me = v.me().and_then(|i| v.members.get(i));
+                me.and_then(|m| peer_addr(m, oid))
+                    .map(Some)
+                    .ok_or_else(|| RpcError::Retry("this node has no peer port".into()))
+            }
+            None => Err(StoreError::Invalid("no targets".into()).into()),
+        }
+    }
+
+    fn ec_targets(&self, oid: u64, lay: &Layout) -> Rpc<(u32, Vec<Target>)> {
+        if view().is_none() {
+            return Err(StoreError::Invalid(
+                "erasure-coded objects need a cluster (sheep with -c)".into(),
+            )
+            .into());
+        }
+        let (epoch, ts) = self.targets(oid, lay.width())?;
+        if ts.len() < lay.data() {
+            return Err(StoreError::Invalid(format!(
+                "{}:{} needs at least {} zones to write, the cluster has {}",
+                lay.geo.data(),
+                lay.geo.parity(),
+                lay.data(),
+                ts.len()
+            ))
+            .into());
+        }
+        Ok((epoch, ts))
+    }
+
+    /// Writes a range of an erasure-coded object: sent to its primary, which orders it.
+    pub async fn ec_write(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        offset: u64,
+        content: Content<'_>,
+    ) -> Result<()> {
+        self.settled(oid, || async {
+            let (epoch, ts) = self.ec_targets(oid, lay)?;
+            match self.primary_of(&ts, oid)? {
+                None => self.primary_write(oid, lay, offset, content).await,
+                Some(addr) => {
+                    let mut c = self.ec_call(Op::EcWrite, oid, lay, offset, content.len());
+                    match content {
+                        Content::Data(d) => c.payload = d,
+                        Content::Zeros(_) => c.flags |= FLAG_ZEROS,
+                    }
+                    self.ec_data(epoch, Target::Remote(addr), &c)
+                        .await
+                        .map(|_| ())
+                }
+            }
+        })
+        .await
+    }
+
+    /// Verifies every stripe of an object at its primary, and repairs if asked.
+    pub async fn ec_check(&self, oid: u64, lay: &Layout, repair: bool) -> Result<CheckReport> {
+        self.settled(oid, || async {
+            let (epoch, ts) = self.ec_targets(oid, lay)?;
+            match self.primary_of(&ts, oid)? {
+                None => self.primary_check(oid, lay, repair).await,
+                Some(addr) => {
+                    let mut c = self.ec_call(Op::EcCheck, oid, lay, 0, 0);
+                    if repair {
+                        c.flags |= FLAG_REPAIR;
+                    }
+                    let p = self.ec_data(epoch, Target::Remote(addr), &c).await?;
+                    Ok(decode_report(&p)?)
+                }
+            }
+        })
+        .await
+    }
+
+    /// Removes every fragment of an object from every member.
+    pub async fn ec_remove(&self, oid: u64, lay: &Layout) -> Result<()> {
+        let _object = lock_range(oid, 0, u64::MAX).await;
+        self.settled(oid, || async {
+            let (epoch, all) = self.all_members(oid)?;
+            let c = self.ec_call(Op::FragRemove, oid, lay, 0, 0);
+            for r in join_all(all.iter().map(|&t| self.ec_data(epoch, t, &c))).await {
+                r?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every member that stores data, as targets for `oid`'s shard on it.
+    fn all_members(&self, oid: u64) -> Rpc<(u32, Vec<Target>)> {
+        let v = view().ok_or_else(|| RpcError::Retry("no view".into()))?;
+        let mut out = Vec::new();
+        for (i, m) in v.members.iter().enumerate() {
+            if m.capacity == 0 || m.partitions == 0 {
+                continue;
+            }
+            if v.is_me(i) {
+                out.push(Target::Local);
+            } else if let Some(a) = peer_addr(m, oid) {
+                out.push(Target::Remote(a));
+            }
+        }
+        Ok((v.epoch, out))
+    }
+
+    /// Reads `len` bytes at `offset` of an erasure-coded object. `NotFound` if no
+    /// fragment of it exists anywhere (the caller reads zeros).
+    pub async fn ec_read(&self, oid: u64, lay: &Layout, offset: u64, len: u64) -> Result<Vec<u8>> {
+        if len == 0
+            || offset
+                .checked_add(len)
+                .is_none_or(|e| e > lay.geo.object_size())
+        {
+            return Err(StoreError::OutOfRange(format!(
+                "read {offset}+{len} outside an object of {} bytes",
+                lay.geo.object_size()
+            )));
+        }
+        self.settled(oid, || async {
+            let (epoch, ts) = self.ec_targets(oid, lay)?;
+            if let Some(d) = self.read_direct(epoch, oid, lay, &ts, offset, len).await? {
+                return Ok(d);
+            }
+            let sr = lay.geo.stripe_range(offset, len);
+            let (s0, n) = (sr.start, sr.end - sr.start);
+            let holders = self.gather(epoch, oid, lay, s0, n).await?;
+            if holders.is_empty() {
+                return Err(StoreError::NotFound(oid).into());
+            }
+            let basis = (0..n as usize)
+                .map(|i| decodable(&holders, i, lay.data()).ok_or_else(|| lost(oid, s0 + i as u64)))
+                .collect::<Result<Vec<u64>>>()?;
+            let bytes = self
+                .read_stripes(epoch, oid, lay, &holders, s0, &basis)
+                .await?;
+            let at = (offset - s0 * lay.stripe_size()) as usize;
+            Ok(bytes[at..at + len as usize].to_vec())
+        })
+        .await
+    }
+
+    /// The fast read: each needed chunk from its data fragment's target, newest valid
+    /// version. `None` if anything is not as expected (the careful path decides).
+    async fn read_direct(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        offset: u64,
+        len: u64,
+    ) -> Rpc<Option<Vec<u8>>> {
+        // Per data fragment: the stripes it has bytes of (a contiguous run).
+        let mut runs: Vec<Option<(u64, u64)>> = vec![None; lay.data()];
+        let c = lay.geo.chunk();
+        for p in lay.geo.pieces(offset, len) {
+            let s = p.offset / c;
+            let r = &mut runs[p.fragment as usize];
+            *r = Some(r.map_or((s, s + 1), |(a, _)| (a, s + 1)));
+        }
+        let calls: Vec<(usize, Call<'_>, Vec<u8>)> = runs
+            .iter()
+            .enumerate()
+            .filter_map(|(j, r)| r.map(|(a, b)| (j, a, b)))
+            .map(|(j, a, b)| {
+                let c = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, a, b - a);
+                (
+                    j,
+                    c,
+                    collie_net::peer::encode_oids(&vec![NEWEST; (b - a) as usize]),
+                )
+            })
+            .collect();
+        if calls.iter().any(|(j, _, _)| *j >= ts.len()) {
+            return Ok(None);
+        }
+        let answers = join_all(calls.iter().map(|(j, c, wants)| {
+            let mut c = self.ec_call(c.op, c.oid, lay, c.offset, c.len);
+            c.payload = wants;
+            let t = ts[*j];
+            async move { self.ec_data(epoch, t, &c).await }
+        }))
+        .await;
+        let mut frags: Vec<Option<(u64, Vec<u8>)>> = vec![None; lay.data()];
+        for ((j, c, _), a) in calls.iter().zip(answers) {
+            let p = match a {
+                Ok(p) => p,
+                Err(RpcError::Store(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let n = c.len as usize;
+            let (versions, data) =
+                split_u64s(&p, n).map_err(|e| StoreError::Invalid(e.to_string()))?;
+            if versions.contains(&0) || data.len() != n * lay.chunk() {
+                return Ok(None);
+            }
+            frags[*j] = Some((c.offset, data.to_vec()));
+        }
+        let mut out = vec![0u8; len as usize];
+        for p in lay.geo.pieces(offset, len) {
+            let Some((first, data)) = &frags[p.fragment as usize] else {
+                return Ok(None);
+            };
+            let at = (p.offset - first * c) as usize;
+            out[p.at as usize..(p.at + p.len) as usize]
+                .copy_from_slice(&data[at..at + p.len as usize]);
+        }
+        Ok(Some(out))
+    }
+
+    /// Asks every member for the fragments of `oid` it holds (stripes `s0..s0+n`).
+    async fn gather(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        s0: u64,
+        n: u64,
+    ) -> Rpc<Vec<Holder>> {
+        let (_, all) = self.all_members(oid)?;
+        let c = self.ec_call(Op::FragProbe, oid, lay, s0, n);
+        let answers = join_all(all.iter().map(|&t| self.ec_data(epoch, t, &c))).await;
+        let mut out = Vec::new();
+        for (&t, a) in all.iter().zip(answers) {
+            match a {
+                Ok(p) => {
+                    for (frag, ents) in decode_probe(&p, lay, n)? {
+                        out.push(Holder {
+                            t,
+                            frag,
+                            ents: Some(ents),
+                        });
+                    }
+                }
+                // A member that cannot answer holds nothing we can read now.
+                Err(RpcError::Unreachable { addr, why }) => {
+                    tracing::debug!(%addr, "fragment probe: {why}")
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The object bytes of stripes `s0..s0+basis.len()`, each at its basis version,
+    /// read from the holders (data fragments first) and decoded where needed. Each
+    /// round asks for what is still missing from holders not yet tried.
+    async fn read_stripes(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        holders: &[Holder],
+        s0: u64,
+        basis: &[u64],
+    ) -> Rpc<Vec<u8>> {
+        let (n, d, c) = (basis.len(), lay.data(), lay.chunk());
+        let fl = n * c;
+        // have[j]: fragment j's chunks, and which stripes of it are valid.
+        let mut have: Vec<(Vec<u8>, Vec<bool>)> =
+            vec![(vec![0u8; fl], vec![false; n]); lay.width()];
+        let mut tried = vec![false; holders.len()];
+        // Data fragments first, targets (no entries: assumed) before others.
+        let mut order: Vec<usize> = (0..holders.len()).collect();
+        order.sort_by_key(|&h| (holders[h].frag as usize >= d, holders[h].frag));
+        let count =
+            |have: &[(Vec<u8>, Vec<bool>)], i: usize| have.iter().filter(|f| f.1[i]).count();
+        loop {
+            // For each holder not tried: the stripes it should give (short of d there).
+            let mut want: Vec<(usize, Vec<u64>)> = Vec::new();
+            let mut planned = vec![0usize; n];
+            for &h in &order {
+                if tried[h] {
+                    continue;
+                }
+                let hd = &holders[h];
+                let j = hd.frag as usize;
+                let mut w = vec![SKIP; n];
+                let mut any = false;
+                for i in 0..n {
+                    let holds = hd.ents.as_ref().is_none_or(|e| e[i].has(basis[i]));
+                    if holds && !have[j].1[i] && count(&have, i) + planned[i] < d {
+                        w[i] = basis[i];
+                        planned[i] += 1;
+                        any = true;
+                    }
+                }
+                if any {
+                    want.push((h, w));
+                }
+            }
+            if want.is_empty() {
+                break;
+            }
+            let answers = join_all(want.iter().map(|(h, w)| {
+                let hd = &holders[*h];
+                let payload = collie_net::peer::encode_oids(w);
+                let c = self.ec_call(Op::FragRead, fragment_oid(oid, hd.frag), lay, s0, n as u64);
+                async move {
+                    let mut c = c;
+                    c.payload = &payload;
+                    self.ec_data(epoch, hd.t, &c).await
+                }
+            }))
+            .await;
+            for ((h, w), a) in want.iter().zip(answers) {
+                tried[*h] = true;
+                let p = match a {
+                    Ok(p) => p,
+                    Err(RpcError::Store(_)) | Err(RpcError::Unreachable { .. }) => continue,
+                    Err(e) => return Err(e),
+                };
+                let Ok((versions, data)) = split_u64s(&p, n) else {
+                    continue;
+                };
+                if data.len() != fl {
+                    continue;
+                }
+                let j = holders[*h].frag as usize;
+                for i in 0..n {
+                    if w[i] != SKIP && versions[i] == basis[i] && !have[j].1[i] {
+                        have[j].0[i * c..(i + 1) * c].copy_from_slice(&data[i * c..(i + 1) * c]);
+                        have[j].1[i] = true;
+                    }
+                }
+            }
+        }
+        if let Some(i) = (0..n).find(|&i| count(&have, i) < d) {
+            return Err(lost(oid, s0 + i as u64).into());
+        }
+        // Decode runs of stripes that have the same fragments, one call per run.
+        let mut data_frags: Vec<Vec<u8>> = vec![vec![0u8; fl]; d];
+        let mut i = 0;
+        while i < n {
+            let set = |i: usize| -> Vec<bool> {
+                let mut taken = 0;
+                have.iter()
+                    .map(|f| {
+                        let t = f.1[i] && taken < d;
+                        taken += usize::from(t);
+                        t
+                    })
+                    .collect()
+            };
+            let si = set(i);
+            let mut k = i + 1;
+            while k < n && set(k) == si {
+                k += 1;
+            }
+            let (a, b) = (i * c, k * c);
+            if si[..d].iter().all(|&x| x) {
+                for (j, f) in data_frags.iter_mut().enumerate() {
+                    f[a..b].copy_from_slice(&have[j].0[a..b]);
+                }
+            } else {
+                let frags: Vec<Option<&[u8]>> = have
+                    .iter()
+                    .zip(&si)
+                    .map(|(f, &t)| t.then_some(&f.0[a..b]))
+                    .collect();
+                let out = with_codec(lay, |cd| cd.decode(&frags)).map_err(codec_error)?;
+                for (f, o) in data_frags.iter_mut().zip(out) {
+                    f[a..b].copy_from_slice(&o);
+                }
+            }
+            i = k;
+        }
+        let refs: Vec<&[u8]> = data_frags.iter().map(|f| f.as_slice()).collect();
+        Ok(lay.geo.join(&refs).map_err(codec_error)?)
+    }
+
+    /// The versions every target holds for stripes `s0..s0+n`, if they all agree and
+    /// each target holds its fragment; `None` otherwise.
+    async fn probe_targets(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s0: u64,
+        n: u64,
+    ) -> Rpc<Option<Vec<u64>>> {
+        if ts.len() < lay.width() {
+            return Ok(None);
+        }
+        let c = self.ec_call(Op::FragProbe, oid, lay, s0, n);
+        let answers = join_all(ts.iter().map(|&t| self.ec_data(epoch, t, &c))).await;
+        let mut agreed: Option<Vec<u64>> = None;
+        for (j, a) in answers.into_iter().enumerate() {
+            let p = match a {
+                Ok(p) => p,
+                Err(RpcError::Store(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            let Some((_, ents)) = decode_probe(&p, lay, n)?
+                .into_iter()
+                .find(|(f, _)| *f as usize == j)
+            else {
+                return Ok(None);
+            };
+            let newest: Vec<u64> = ents.iter().map(StripeEntry::newest).collect();
+            if newest.contains(&0) || agreed.as_ref().is_some_and(|a| *a != newest) {
+                return Ok(None);
+            }
+            agreed = Some(newest);
+        }
+        Ok(agreed)
+    }
+
+    /// The primary's write: lock the stripes, learn their versions, read what a partial
+    /// stripe keeps, encode, and write every fragment with a new version that keeps
+    /// the old one on each holder.
+    pub(crate) async fn primary_write(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        offset: u64,
+        content: Content<'_>,
+    ) -> Rpc<()> {
+        let len = content.len();
+        let os = lay.geo.object_size();
+        if len == 0 || offset.checked_add(len).is_none_or(|e| e > os) {
+            return Err(StoreError::OutOfRange(format!(
+                "write {offset}+{len} outside an object of {os} bytes"
+            ))
+            .into());
+        }
+        if content.len() > u64::from(MAX_PAYLOAD) {
+            return Err(StoreError::OutOfRange("write larger than a peer frame".into()).into());
+        }
+        let ss = lay.stripe_size();
+        if let Content::Zeros(_) = content {
+            // Whole stripes become zeros by their headers alone; the partial stripes
+            // at either end are written as data.
+            let (a, b) = (offset.next_multiple_of(ss), (offset + len) / ss * ss);
+            if a < b {
+                let zeros = vec![0u8; ss as usize];
+                if offset < a {
+                    let d = Content::Data(&zeros[..(a - offset) as usize]);
+                    Box::pin(self.primary_write(oid, lay, offset, d)).await?;
+                }
+                self.write_stripes(oid, lay, a, Content::Zeros(b - a))
+                    .await?;
+                if b < offset + len {
+                    let d = Content::Data(&zeros[..(offset + len - b) as usize]);
+                    Box::pin(self.primary_write(oid, lay, b, d)).await?;
+                }
+                return Ok(());
+            }
+            let zeros = vec![0u8; len as usize];
+            return self
+                .write_stripes(oid, lay, offset, Content::Data(&zeros))
+                .await;
+        }
+        self.write_stripes(oid, lay, offset, content).await
+    }
+
+    async fn write_stripes(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        offset: u64,
+        content: Content<'_>,
+    ) -> Rpc<()> {
+        let r = self.write_stripes_once(oid, lay, offset, content).await;
+        if r.is_err() {
+            // What the targets hold is no longer known for sure.
+            forget(oid);
+        }
+        r
+    }
+
+    async fn write_stripes_once(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        offset: u64,
+        content: Content<'_>,
+    ) -> Rpc<()> {
+        let ss = lay.stripe_size();
+        let len = content.len();
+        let (s0, s1) = (offset / ss, (offset + len).div_ceil(ss));
+        let n = s1 - s0;
+        let mut guard = lock_range(oid, s0 * ss, s1 * ss).await;
+        let (epoch, ts) = self.ec_targets(oid, lay)?;
+        if self.primary_of(&ts, oid)?.is_some() {
+            return Err(RpcError::Retry(format!(
+                "{oid:#018x}: not the primary here"
+            )));
+        }
+        let mut basis = self.basis(epoch, oid, lay, &ts, s0, n).await?;
+        let mut create = false;
+        if basis.is_none() {
+            // A new object: created with nothing else of it in flight (another write
+            // beside the creation could find some fragments created and others not).
+            drop(guard);
+            guard = lock_range(oid, 0, u64::MAX).await;
+            basis = self.basis(epoch, oid, lay, &ts, s0, n).await?;
+            create = basis.is_none();
+        }
+        let _guard = guard;
+        let (basis, holders) = match basis {
+            Some(b) => b,
+            None => (vec![INITIAL; n as usize], Vec::new()),
+        };
+        let full = offset == s0 * ss && offset + len == s1 * ss;
+        let stripes: Option<Vec<u8>> = match content {
+            Content::Zeros(_) => None,
+            Content::Data(d) if full => Some(d.to_vec()),
+            Content::Data(d) => {
+                let mut buf = vec![0u8; (n * ss) as usize];
+                if !create {
+                    let holders = if holders.is_empty() {
+                        (0..ts.len())
+                            .map(|j| Holder {
+                                t: ts[j],
+                                frag: j as u8,
+                                ents: None,
+                            })
+                            .collect()
+                    } else {
+                        holders
+                    };
+                    // Only the partial stripes at the ends keep old bytes.
+                    let ends: Vec<u64> = [s0, s1 - 1]
+                        .into_iter()
+                        .filter(|&s| s * ss < offset || (s + 1) * ss > offset + len)
+                        .collect();
+                    for s in dedup(ends) {
+                        let i = (s - s0) as usize;
+                        let old = self
+                            .read_stripes_sub(epoch, oid, lay, &holders, s0, &basis, i)
+                            .await?;
+                        buf[i * ss as usize..(i + 1) * ss as usize].copy_from_slice(&old);
+                    }
+                }
+                let at = (offset - s0 * ss) as usize;
+                buf[at..at + d.len()].copy_from_slice(d);
+                Some(buf)
+            }
+        };
+        let frags: Option<Vec<Vec<u8>>> = match &stripes {
+            None => None,
+            Some(b) => {
+                let mut f = lay.geo.split(b).map_err(codec_error)?;
+                let refs: Vec<&[u8]> = f.iter().map(|x| x.as_slice()).collect();
+                let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
+                f.extend(parity);
+                Some(f)
+            }
+        };
+        let nv = next_version(epoch);
+        let versions = vec![nv; n as usize];
+        self.write_fragments(
+            epoch,
+            oid,
+            lay,
+            &ts,
+            s0,
+            &versions,
+            &basis,
+            frags.as_deref(),
+            create,
+        )
+        .await?;
+        if create {
+            let mut all = vec![INITIAL; lay.stripes() as usize];
+            all[s0 as usize..s1 as usize].fill(nv);
+            remember(oid, epoch, lay, 0, &all);
+        } else {
+            remember(oid, epoch, lay, s0, &versions);
+        }
+        Ok(())
+    }
+
+    /// Stripe `i` (of a run starting at `s0`) at its basis version.
+    #[allow(clippy::too_many_arguments)]
+    async fn read_stripes_sub(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        holders: &[Holder],
+        s0: u64,
+        basis: &[u64],
+        i: usize,
+    ) -> Rpc<Vec<u8>> {
+        let sub: Vec<Holder> = holders
+            .iter()
+            .map(|h| Holder {
+                t: h.t,
+                frag: h.frag,
+                ents: h.ents.as_ref().map(|e| vec![e[i]]),
+            })
+            .collect();
+        self.read_stripes(epoch, oid, lay, &sub, s0 + i as u64, &basis[i..=i])
+            .await
+    }
+
+    /// Writes stripes `s0..` of every fragment to its target, in parallel.
+    #[allow(clippy::too_many_arguments)]
+    async fn write_fragments(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s0: u64,
+        versions: &[u64],
+        keeps: &[u64],
+        frags: Option<&[Vec<u8>]>,
+        create: bool,
+    ) -> Rpc<()> {
+        let n = versions.len() as u64;
+        let mut head = collie_net::peer::encode_oids(versions);
+        head.extend_from_slice(&collie_net::peer::encode_oids(keeps));
+        let payloads: Vec<Vec<u8>> = (0..ts.len())
+            .map(|j| {
+                let mut p = head.clone();
+                if let Some(f) = frags {
+                    p.extend_from_slice(&f[j]);
+                }
+                p
+            })
+            .collect();
+        let done = join_all(ts.iter().enumerate().map(|(j, &t)| {
+            let mut c = self.ec_call(Op::FragWrite, fragment_oid(oid, j as u8), lay, s0, n);
+            c.payload = &payloads[j];
+            if frags.is_none() {
+                c.flags |= FLAG_ZEROS;
+            }
+            if create {
+                c.flags |= FLAG_CREATE;
+            }
+            async move { self.ec_data(epoch, t, &c).await }
+        }))
+        .await;
+        for r in done {
+            r?;
+        }
+        Ok(())
+    }
+
+    /// The versions a write of stripes `s0..s0+n` builds on, and the holders that
+    /// recorded them (empty if every target agreed); `None` if the object is new.
+    async fn basis(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s0: u64,
+        n: u64,
+    ) -> Rpc<Option<(Vec<u64>, Vec<Holder>)>> {
+        if let Some(b) = known(oid, epoch, s0, n) {
+            return Ok(Some((b, Vec::new())));
+        }
+        if let Some(b) = self.probe_targets(epoch, oid, lay, ts, s0, n).await? {
+            remember(oid, epoch, lay, s0, &b);
+            return Ok(Some((b, Vec::new())));
+        }
+        let holders = self.gather(epoch, oid, lay, s0, n).await?;
+        if holders.is_empty() {
+            return Ok(None);
+        }
+        let basis = (0..n as usize)
+            .map(|i| decodable(&holders, i, lay.data()).ok_or_else(|| lost(oid, s0 + i as u64)))
+            .collect::<Result<Vec<u64>>>()?;
+        Ok(Some((basis, holders)))
+    }
+
+    /// The primary's check of a whole object: every stripe's newest decodable version,
+    /// re-encoded, compared with what each target holds; with `repair`, targets that
+    /// differ get that version written (same version: nothing newer is invented).
+    pub(crate) async fn primary_check(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        repair: bool,
+    ) -> Rpc<CheckReport> {
+        let _object = lock_range(oid, 0, u64::MAX).await;
+        let (epoch, ts) = self.ec_targets(oid, lay)?;
+        if self.primary_of(&ts, oid)?.is_some() {
+            return Err(RpcError::Retry(format!(
+                "{oid:#018x}: not the primary here"
+            )));
+        }
+        let n = lay.stripes();
+        let holders = self.gather(epoch, oid, lay, 0, n).await?;
+        let mut r = CheckReport::default();
+        if holders.is_empty() {
+            return Ok(r);
+        }
+        r.objects = 1;
+        r.stripes = n;
+        r.unplaced = (lay.width() - ts.len()) as u64 * n;
+        let basis: Vec<Option<u64>> = (0..n as usize)
+            .map(|i| decodable(&holders, i, lay.data()))
+            .collect();
+        r.lost = basis.iter().filter(|b| b.is_none()).count() as u64;
+        if r.lost > 0 {
+            tracing::error!(
+                oid = format!("{oid:#018x}"),
+                lost = r.lost,
+                "stripes cannot be decoded"
+            );
+            return Ok(r);
+        }
+        let basis: Vec<u64> = basis.into_iter().flatten().collect();
+        let bytes = self
+            .read_stripes(epoch, oid, lay, &holders, 0, &basis)
+            .await?;
+        let mut expect = lay.geo.split(&bytes).map_err(codec_error)?;
+        let refs: Vec<&[u8]> = expect.iter().map(|x| x.as_slice()).collect();
+        let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
+        expect.extend(parity);
+        // What each target holds at the basis versions.
+        let c = lay.chunk();
+        let wants = collie_net::peer::encode_oids(&basis);
+        let answers = join_all(ts.iter().enumerate().map(|(j, &t)| {
+            let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, 0, n);
+            call.payload = &wants;
+            async move { self.ec_data(epoch, t, &call).await }
+        }))
+        .await;
+        let mut bad = vec![vec![false; n as usize]; ts.len()];
+        for (j, a) in answers.into_iter().enumerate() {
+            let got = match a {
+                Ok(p) => split_u64s(&p, n as usize)
+                    .ok()
+                    .map(|(v, d)| (v, d.to_vec())),
+                Err(RpcError::Store(_)) => None,
+                Err(e) => return Err(e),
+            };
+            for i in 0..n as usize {
+                bad[j][i] = match &got {
+                    Some((v, d)) => {
+                        v[i] != basis[i] || d[i * c..(i + 1) * c] != expect[j][i * c..(i + 1) * c]
+                    }
+                    None => true,
+                };
+            }
+        }
+        let bad_stripes: Vec<bool> = (0..n as usize).map(|i| bad.iter().any(|b| b[i])).collect();
+        let nbad = bad_stripes.iter().filter(|&&b| b).count() as u64;
+        r.consistent = n - nbad;
+        if !repair || nbad == 0 {
+            return Ok(r);
+        }
+        // Rewrite each target's bad runs at the basis versions.
+        for (j, &t) in ts.iter().enumerate() {
+            let mut i = 0;
+            while i < n as usize {
+                if !bad[j][i] {
+                    i += 1;
+                    continue;
+                }
+                let mut k = i + 1;
+                while k < n as usize && bad[j][k] {
+                    k += 1;
+                }
+                let mut p = collie_net::peer::encode_oids(&basis[i..k]);
+                p.extend_from_slice(&collie_net::peer::encode_oids(&basis[i..k]));
+                p.extend_from_slice(&expect[j][i * c..k * c]);
+                let mut call = self.ec_call(
+                    Op::FragWrite,
+                    fragment_oid(oid, j as u8),
+                    lay,
+                    i as u64,
+                    (k - i) as u64,
+                );
+                call.payload = &p;
+                self.ec_data(epoch, t, &call).await?;
+                i = k;
+            }
+        }
+        if ts.len() == lay.width() {
+            remember(oid, epoch, lay, 0, &basis);
+        } else {
+            forget(oid);
+        }
+        r.repaired = nbad;
+        Ok(r)
+    }
+}
+
+fn dedup(mut v: Vec<u64>) -> Vec<u64> {
+    v.dedup();
+    v
+}
+
+fn lost(oid: u64, stripe: u64) -> StoreError {
+    StoreError::io(
+        format!("object {oid:#018x}"),
+        std::io::Error::other(format!(
+            "stripe {stripe}: fewer fragments than needed to decode any version are reachable"
+        )),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_write_never_takes_the_slot_of_the_version_it_keeps() {
+        let mut e = StripeEntry::initial();
+        // New object: version 1 (zeros) in slot 0; the first write takes slot 1.
+        assert_eq!(choose(&e, 10, INITIAL), 1);
+        e.slots[1].version = 10;
+        // The next keeps 10 and takes slot 0; a retry of 10 takes its own slot.
+        assert_eq!(choose(&e, 11, 10), 0);
+        assert_eq!(choose(&e, 10, 1), 1);
+        // A holder that missed a version overwrites its older slot, keeping its newest.
+        e.slots = [
+            Slot {
+                version: 7,
+                ..Slot::default()
+            },
+            Slot {
+                version: 5,
+                ..Slot::default()
+            },
+        ];
+        assert_eq!(choose(&e, 12, 9), 1);
+        // An interrupted write (7) that was not decodable: the next write keeps 5.
+        assert_eq!(choose(&e, 12, 5), 0);
+    }
+
+    #[test]
+    fn the_newest_version_enough_fragments_hold_wins() {
+        let ent = |a: u64, b: u64| {
+            let mut e = StripeEntry::zeroed();
+            e.slots[0].version = a;
+            e.slots[1].version = b;
+            vec![e]
+        };
+        let h = |frag: u8, a: u64, b: u64| Holder {
+            t: Target::Local,
+            frag,
+            ents: Some(ent(a, b)),
+        };
+        // 4:2, a write of 9 reached 3 fragments: 8 (kept everywhere) decodes, 9 not.
+        let hs = vec![
+            h(0, 8, 9),
+            h(1, 8, 9),
+            h(2, 9, 8),
+            h(3, 8, 7),
+            h(4, 8, 7),
+            h(5, 7, 8),
+        ];
+        assert_eq!(decodable(&hs, 0, 4), Some(8));
+        // It reached 4: 9 decodes.
+        let hs = vec![h(0, 8, 9), h(1, 8, 9), h(2, 9, 8), h(3, 8, 9), h(4, 8, 7)];
+        assert_eq!(decodable(&hs, 0, 4), Some(9));
+        // Two holders of one fragment count once.
+        let hs = vec![h(0, 9, 0), h(0, 9, 0), h(1, 9, 0), h(2, 9, 0)];
+        assert_eq!(decodable(&hs, 0, 4), None);
+    }
+}

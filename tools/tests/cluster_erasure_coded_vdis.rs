@@ -1,0 +1,217 @@
+//! Erasure-coded VDIs (2:1, 4:2 and 8:3) beside a 3-copy one in one eleven-node
+//! cluster: misaligned qemu-io patterns, a 256 MiB qemu-img convert and compare, and
+//! fio's verified random writes, each written through one node and read through
+//! another; `dog vdi list` shows the scheme, `dog vdi object location` the fragment
+//! holders in order on distinct zones, and `dog vdi check` finds every stripe
+//! consistent. Then a 4:2 VDI on six nodes loses two holders of every stripe: every
+//! byte still reads back, writes go on, and `dog vdi check` repairs what the dead
+//! nodes' absence left behind.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod support;
+use support::clients::{qemu_img, qemu_img_write, qemu_io_ok};
+use support::fio::{assert_clean, fio};
+use support::*;
+
+use std::collections::HashSet;
+
+const OBJECT: u64 = 4 * MIB;
+
+/// `dog vdi check -r NAME`: objects stripes consistent repaired lost unplaced.
+fn check(s: &Sheep, vdi: &str) -> [u64; 6] {
+    let out = s.dog_ok(&["vdi", "check", "-r", vdi]);
+    let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+    f.try_into()
+        .unwrap_or_else(|_| panic!("check output {out:?}"))
+}
+
+/// Misaligned writes that cross chunk, stripe and object boundaries, through `w`, read
+/// back through `r` (every other byte of the touched stripes must be intact).
+fn misaligned_patterns(w: &str, r: &str) {
+    let o = OBJECT;
+    let writes = [
+        format!("write -P 0x11 0 {}", 3 * MIB),
+        "write -P 0x22 4095 2".to_string(),
+        format!("write -P 0x33 {} 12345", 64 * 1024 - 7),
+        format!("write -P 0x44 {} {}", o - 5000, 10000),
+        format!("write -P 0x55 {} 512", 2 * o + 4096 * 3 + 100),
+    ];
+    qemu_io_ok(w, &writes);
+    let reads = [
+        "read -P 0x11 0 4095".to_string(),
+        "read -P 0x22 4095 2".into(),
+        format!("read -P 0x11 4097 {}", 64 * 1024 - 7 - 4097),
+        format!("read -P 0x33 {} 12345", 64 * 1024 - 7),
+        format!(
+            "read -P 0x11 {} {}",
+            64 * 1024 - 7 + 12345,
+            3 * MIB - (64 * 1024 - 7 + 12345)
+        ),
+        format!("read -P 0 {} {}", 3 * MIB, o - 5000 - 3 * MIB),
+        format!("read -P 0x44 {} {}", o - 5000, 10000),
+        format!("read -P 0 {} {}", o + 5000, o - 5000),
+        format!("read -P 0 {} {}", 2 * o, 4096 * 3 + 100),
+        format!("read -P 0x55 {} 512", 2 * o + 4096 * 3 + 100),
+        format!("read -P 0 {} {}", 2 * o + 4096 * 3 + 612, 65536),
+    ];
+    qemu_io_ok(r, &reads);
+}
+
+#[test]
+fn erasure_coded_vdis_live_beside_a_replicated_one() {
+    require("fio");
+    let c = Cluster::formatted("ec-vdis", 11, 3, &["-n"]);
+    let n0 = &c.nodes[0];
+    let files = test_dir("ec-vdis-files");
+    let vdis = [
+        ("c3", "3"),
+        ("ec21", "2:1"),
+        ("ec42", "4:2"),
+        ("ec83", "8:3"),
+    ];
+    for (name, copies) in vdis {
+        n0.dog_ok(&["vdi", "create", "-c", copies, name, "256M"]);
+    }
+    let list = n0.dog_ok(&["vdi", "list", "-r"]);
+    for (name, copies) in vdis {
+        let row = list
+            .lines()
+            .find(|l| l.split_whitespace().nth(1) == Some(name))
+            .unwrap_or_else(|| panic!("{name} missing from\n{list}"));
+        assert_eq!(
+            row.split_whitespace().nth(8),
+            Some(copies),
+            "copies of {name}: {row}"
+        );
+    }
+
+    let image = pattern(0xec, 256 * MIB as usize);
+    let src = write_file(files.path(), "image", &image);
+    for (i, (name, copies)) in vdis.into_iter().enumerate() {
+        let (w, r) = (&c.nodes[i + 1], &c.nodes[10 - i]);
+        eprintln!("{name} ({copies}): patterns, convert, compare, fio");
+        misaligned_patterns(&w.uri(name), &r.uri(name));
+
+        qemu_img_write(&src, &w.uri(name));
+        qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            src.to_str().unwrap(),
+            &r.uri(name),
+        ]);
+
+        // Verified random writes of mixed sizes through one node, verified again
+        // through another.
+        let job = [
+            "--rw=randwrite",
+            "--bsrange=4k-64k",
+            "--size=64M",
+            "--iodepth=16",
+        ];
+        let (out, report) = fio(files.path(), name, &w.uri(name), &job);
+        assert_clean(&out, report.get("jobs").at(0), name);
+        let verify = [
+            "--rw=randwrite",
+            "--bsrange=4k-64k",
+            "--size=64M",
+            "--verify_only",
+        ];
+        let (out, report) = fio(files.path(), name, &r.uri(name), &verify);
+        assert_clean(&out, report.get("jobs").at(0), name);
+    }
+
+    for (name, copies) in &vdis[1..] {
+        let (d, p): (u64, u64) = {
+            let (d, p) = copies.split_once(':').unwrap();
+            (d.parse().unwrap(), p.parse().unwrap())
+        };
+        let [objects, stripes, consistent, repaired, lost, unplaced] = check(n0, name);
+        assert_eq!(objects, 64, "{name}: objects");
+        assert_eq!(stripes, 64 * OBJECT / (d * 4096), "{name}: stripes");
+        assert_eq!(
+            (consistent, repaired, lost, unplaced),
+            (stripes, 0, 0, 0),
+            "{name}: check"
+        );
+        // The fragment holders, in order, all placed, on d + p distinct zones.
+        let loc = n0.dog_ok(&["vdi", "object", "location", "-r", name, "5"]);
+        let zones: HashSet<&str> = loc
+            .lines()
+            .map(|l| {
+                assert!(l.ends_with(" target"), "{name}: {l}");
+                l.split_whitespace().nth(1).unwrap()
+            })
+            .collect();
+        assert_eq!(
+            zones.len() as u64,
+            d + p,
+            "{name}: zones of object 5\n{loc}"
+        );
+    }
+    // A replicated VDI is not what `dog vdi check` verifies yet: it says so.
+    let out = n0.dog(&["vdi", "check", "c3"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("replicated"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn a_4_2_vdi_reads_every_byte_with_two_holders_dead() {
+    let mut c = Cluster::formatted("ec-two-dead", 6, 3, &["-n"]);
+    let files = test_dir("ec-two-dead-files");
+    c.nodes[0].dog_ok(&["vdi", "create", "-c", "4:2", "ec", "128M"]);
+    let mut image = pattern(42, 128 * MIB as usize);
+    let src = write_file(files.path(), "image", &image);
+    qemu_img_write(&src, &c.nodes[0].uri("ec"));
+
+    // With 6 nodes and 4:2, every node holds a fragment of every object.
+    for i in [2, 4] {
+        c.nodes[i].kill9();
+    }
+    c.wait_members(4);
+    let compare = |s: &Sheep, file: &std::path::Path| {
+        qemu_img(&[
+            "compare",
+            "-f",
+            "raw",
+            "-F",
+            "raw",
+            file.to_str().unwrap(),
+            &s.uri("ec"),
+        ]);
+    };
+    compare(&c.nodes[0], &src);
+    compare(&c.nodes[5], &src);
+
+    // Writes go on: 4 fragments per stripe (no zone for parity), every one readable.
+    let part = pattern(7, 8 * MIB as usize);
+    let part_file = write_file(files.path(), "part", &part);
+    qemu_io_ok(
+        &c.nodes[1].uri("ec"),
+        &[format!("write -s {} 0 {}", part_file.display(), part.len())],
+    );
+    image[..part.len()].copy_from_slice(&part);
+    qemu_io_ok(&c.nodes[3].uri("ec"), &["write -P 0x5c 70001 9000"]);
+    image[70001..79001].fill(0x5c);
+    let src = write_file(files.path(), "image2", &image);
+    compare(&c.nodes[5], &src);
+
+    // Objects whose fragments moved with the membership are repaired onto the nodes
+    // that hold them now; afterwards every stripe is consistent where it is placed.
+    let [objects, stripes, _, _, lost, unplaced] = check(&c.nodes[0], "ec");
+    assert_eq!((objects, lost), (32, 0));
+    assert_eq!(
+        unplaced,
+        2 * stripes,
+        "two fragments of each stripe have no zone"
+    );
+    let [_, _, consistent, repaired, lost, _] = check(&c.nodes[0], "ec");
+    assert_eq!((consistent, repaired, lost), (stripes, 0, 0));
+    compare(&c.nodes[0], &src);
+}
