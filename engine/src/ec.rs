@@ -38,7 +38,6 @@ use collie_placement::Redundancy;
 use futures::future::join_all;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::rc::Rc;
 
 type Rpc<T> = std::result::Result<T, RpcError>;
@@ -55,6 +54,8 @@ pub const SKIP: u64 = u64::MAX;
 const SLOT_ZEROS: u32 = 1;
 /// Objects whose stripe versions a primary remembers, per shard.
 const CACHED_OBJECTS: usize = 4096;
+/// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2).
+const CACHED_HEADERS: usize = 2048;
 
 /// One slot of a stripe's header entry on a holder.
 #[repr(C)]
@@ -187,12 +188,56 @@ fn entries_of(b: &[u8]) -> Vec<StripeEntry> {
         .collect()
 }
 
-async fn entries(sh: &Shard, key: u64, s0: u64, n: u64) -> Result<Option<Vec<StripeEntry>>> {
-    match sh.read(key, s0 * ENTRY, n * ENTRY).await {
-        Ok(b) => Ok(Some(entries_of(&b))),
-        Err(StoreError::NotFound(_)) => Ok(None),
-        Err(e) => Err(e),
+/// A fragment's whole header, shared by the requests working on it.
+type Header = Rc<RefCell<Vec<StripeEntry>>>;
+
+/// The header of fragment `key` (from memory, else from the store); `None` if this
+/// node has no such fragment.
+async fn header(sh: &Shard, key: u64, lay: &Layout) -> Result<Option<Header>> {
+    if let Some(h) = HEADERS.with(|c| c.borrow().get(&key).cloned()) {
+        return Ok(Some(h));
     }
+    let bytes = match sh.read(key, 0, lay.stripes() * ENTRY).await {
+        Ok(b) => b,
+        Err(StoreError::NotFound(_)) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    // Another request may have loaded (and changed) it meanwhile: that one wins.
+    Ok(Some(cache_header(key, entries_of(&bytes)).0))
+}
+
+/// Caches `ents` as `key`'s header unless one is cached already; returns the cached
+/// one and whether it is `ents`.
+fn cache_header(key: u64, ents: Vec<StripeEntry>) -> (Header, bool) {
+    HEADERS.with(|c| {
+        let mut c = c.borrow_mut();
+        if let Some(h) = c.get(&key) {
+            return (h.clone(), false);
+        }
+        if c.len() >= CACHED_HEADERS {
+            // Dropping them all costs one header read per fragment next time.
+            c.clear();
+        }
+        let h = Rc::new(RefCell::new(ents));
+        c.insert(key, h.clone());
+        (h, true)
+    })
+}
+
+fn uncache_header(key: u64) {
+    HEADERS.with(|c| c.borrow_mut().remove(&key));
+}
+
+async fn entries(
+    sh: &Shard,
+    key: u64,
+    lay: &Layout,
+    s0: u64,
+    n: u64,
+) -> Result<Option<Vec<StripeEntry>>> {
+    Ok(header(sh, key, lay)
+        .await?
+        .map(|h| h.borrow()[s0 as usize..(s0 + n) as usize].to_vec()))
 }
 
 /// The slot a write of `version` takes: the one already holding it (a retry), else
@@ -230,14 +275,13 @@ async fn frag_write(
         ));
     }
     let meta = lay.meta();
-    let (mut ents, h0) = match entries(sh, key, s0, n as u64).await? {
-        Some(e) => (e, s0),
-        None if create => (vec![StripeEntry::initial(); lay.stripes() as usize], 0),
-        None => (vec![StripeEntry::zeroed(); n], s0),
+    let cached = header(sh, key, lay).await?;
+    let current: Vec<StripeEntry> = match &cached {
+        Some(h) => h.borrow()[s0 as usize..s0 as usize + n].to_vec(),
+        None => vec![StripeEntry::zeroed(); n],
     };
-    let off = (s0 - h0) as usize;
     let slots: Vec<usize> = (0..n)
-        .map(|i| choose(&ents[off + i], versions[i], keeps[i]))
+        .map(|i| choose(&current[i], versions[i], keeps[i]))
         .collect();
     if let Some(data) = data {
         let mut writes = Vec::new();
@@ -255,22 +299,52 @@ async fn frag_write(
             r?;
         }
     }
-    for i in 0..n {
-        ents[off + i].slots[slots[i]] = match data {
-            Some(d) => Slot {
-                version: versions[i],
-                crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
-                flags: 0,
-            },
-            None => Slot {
-                version: versions[i],
-                crc: 0,
-                flags: SLOT_ZEROS,
-            },
+    // A new fragment gets a whole header: every stripe zeros (a new object) or
+    // unknown (a fragment that moved here: its other stripes are elsewhere). That also
+    // hides whatever an old copy of this key left in the store.
+    let (h, whole) = match cached {
+        Some(h) => (h, false),
+        None => {
+            let fill = if create {
+                StripeEntry::initial()
+            } else {
+                StripeEntry::zeroed()
+            };
+            cache_header(key, vec![fill; lay.stripes() as usize])
+        }
+    };
+    let (at, bytes) = {
+        let mut ents = h.borrow_mut();
+        for i in 0..n {
+            ents[s0 as usize + i].slots[slots[i]] = match data {
+                Some(d) => Slot {
+                    version: versions[i],
+                    crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
+                    flags: 0,
+                },
+                None => Slot {
+                    version: versions[i],
+                    crc: 0,
+                    flags: SLOT_ZEROS,
+                },
+            };
+        }
+        let range = if whole {
+            0..ents.len()
+        } else {
+            s0 as usize..s0 as usize + n
         };
+        (
+            range.start as u64 * ENTRY,
+            bytemuck::cast_slice::<_, u8>(&ents[range]).to_vec(),
+        )
+    };
+    let r = sh.write(key, at, &bytes, meta).await;
+    if r.is_err() {
+        // Memory is ahead of the store now: read the store again next time.
+        uncache_header(key);
     }
-    sh.write(key, h0 * ENTRY, bytemuck::cast_slice(&ents), meta)
-        .await
+    r
 }
 
 /// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
@@ -285,7 +359,7 @@ async fn frag_read(
 ) -> Result<(Vec<u64>, Vec<u8>)> {
     let n = wants.len();
     lay.check_stripes(s0, n as u64)?;
-    let ents = entries(sh, key, s0, n as u64)
+    let ents = entries(sh, key, lay, s0, n as u64)
         .await?
         .ok_or(StoreError::NotFound(key))?;
     let c = lay.chunk();
@@ -373,7 +447,7 @@ async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Resu
     let mut out = vec![0u8; 4];
     let mut count = 0u32;
     for j in 0..lay.width() {
-        if let Some(e) = entries(sh, fragment_oid(oid, j as u8), s0, n).await? {
+        if let Some(e) = entries(sh, fragment_oid(oid, j as u8), lay, s0, n).await? {
             out.extend_from_slice(&(j as u32).to_le_bytes());
             out.extend_from_slice(bytemuck::cast_slice(&e));
             count += 1;
@@ -404,6 +478,15 @@ fn decode_probe(p: &[u8], lay: &Layout, n: u64) -> Result<Vec<(u8, Vec<StripeEnt
 
 /// Runs an erasure-coding request on this node (from a peer frame or a local gateway).
 pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
+    if !sh.owns(c.oid) {
+        // Peers route by the partition count we advertise, so this is a bug or a
+        // forged request: refuse rather than let two shards change one header.
+        return Err(StoreError::Invalid(format!(
+            "{:#018x} is not owned by shard {}",
+            c.oid, sh.id
+        ))
+        .into());
+    }
     let lay = Layout::from_wire(c.geometry, c.meta.object_size)?;
     let data_oid = |oid: u64| match object_kind(oid) {
         ObjectKind::Data { index, .. } if index <= collie_placement::ids::MAX_FRAGMENTED_INDEX => {
@@ -452,7 +535,9 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
         Op::FragRemove => {
             let oid = data_oid(c.oid)?;
             for j in 0..lay.width() {
-                sh.remove(fragment_oid(oid, j as u8)).await?;
+                let key = fragment_oid(oid, j as u8);
+                uncache_header(key);
+                sh.remove(key).await?;
             }
             Ok(Vec::new())
         }
@@ -540,6 +625,10 @@ thread_local! {
     static KNOWN: RefCell<HashMap<u64, (u32, Vec<u64>)>> = RefCell::new(HashMap::new());
     static COUNTER: Cell<u32> = const { Cell::new(0) };
     static CODECS: RefCell<HashMap<u32, Codec>> = RefCell::new(HashMap::new());
+    /// Headers of fragments this shard owns. Every fragment request runs on the
+    /// fragment's owning shard (see `serve`), so only this shard changes them and
+    /// memory stays true to the store.
+    static HEADERS: RefCell<HashMap<u64, Header>> = RefCell::new(HashMap::new());
 }
 
 fn known(oid: u64, epoch: u32, s0: u64, n: u64) -> Option<Vec<u64>> {
@@ -631,22 +720,11 @@ impl Gateway {
         }
     }
 
-    /// Where the primary of `oid` runs: `None` if it is this shard.
-    fn primary_of(&self, ts: &[Target], oid: u64) -> Rpc<Option<SocketAddr>> {
-        match ts.first() {
-            Some(Target::Remote(a)) => Ok(Some(*a)),
-            Some(Target::Local) if self.shard().owns(oid) => Ok(None),
-            Some(Target::Local) => {
-                // This node, another shard: its peer port, so the one shard that orders
-                // the object's writes runs them.
-                let v = view().ok_or_else(|| RpcError::Retry("no view".into()))?;
-                let me = v.me().and_then(|i| v.members.get(i));
-                me.and_then(|m| peer_addr(m, oid))
-                    .map(Some)
-                    .ok_or_else(|| RpcError::Retry("this node has no peer port".into()))
-            }
-            None => Err(StoreError::Invalid("no targets".into()).into()),
-        }
+    /// Whether this shard is the primary of `oid` (its first target, owning shard).
+    /// Elsewhere, requests for the primary go to `ts[0]` (`exec` sends a local one to
+    /// the owning shard's peer port).
+    fn is_primary(&self, ts: &[Target], oid: u64) -> bool {
+        ts.first() == Some(&Target::Local) && self.shard().owns(oid)
     }
 
     fn ec_targets(&self, oid: u64, lay: &Layout) -> Rpc<(u32, Vec<Target>)> {
@@ -680,19 +758,15 @@ impl Gateway {
     ) -> Result<()> {
         self.settled(oid, || async {
             let (epoch, ts) = self.ec_targets(oid, lay)?;
-            match self.primary_of(&ts, oid)? {
-                None => self.primary_write(oid, lay, offset, content).await,
-                Some(addr) => {
-                    let mut c = self.ec_call(Op::EcWrite, oid, lay, offset, content.len());
-                    match content {
-                        Content::Data(d) => c.payload = d,
-                        Content::Zeros(_) => c.flags |= FLAG_ZEROS,
-                    }
-                    self.ec_data(epoch, Target::Remote(addr), &c)
-                        .await
-                        .map(|_| ())
-                }
+            if self.is_primary(&ts, oid) {
+                return self.primary_write(oid, lay, offset, content).await;
             }
+            let mut c = self.ec_call(Op::EcWrite, oid, lay, offset, content.len());
+            match content {
+                Content::Data(d) => c.payload = d,
+                Content::Zeros(_) => c.flags |= FLAG_ZEROS,
+            }
+            self.ec_data(epoch, ts[0], &c).await.map(|_| ())
         })
         .await
     }
@@ -701,17 +775,15 @@ impl Gateway {
     pub async fn ec_check(&self, oid: u64, lay: &Layout, repair: bool) -> Result<CheckReport> {
         self.settled(oid, || async {
             let (epoch, ts) = self.ec_targets(oid, lay)?;
-            match self.primary_of(&ts, oid)? {
-                None => self.primary_check(oid, lay, repair).await,
-                Some(addr) => {
-                    let mut c = self.ec_call(Op::EcCheck, oid, lay, 0, 0);
-                    if repair {
-                        c.flags |= FLAG_REPAIR;
-                    }
-                    let p = self.ec_data(epoch, Target::Remote(addr), &c).await?;
-                    Ok(decode_report(&p)?)
-                }
+            if self.is_primary(&ts, oid) {
+                return self.primary_check(oid, lay, repair).await;
             }
+            let mut c = self.ec_call(Op::EcCheck, oid, lay, 0, 0);
+            if repair {
+                c.flags |= FLAG_REPAIR;
+            }
+            let p = self.ec_data(epoch, ts[0], &c).await?;
+            Ok(decode_report(&p)?)
         })
         .await
     }
@@ -1127,7 +1199,7 @@ impl Gateway {
         let n = s1 - s0;
         let mut guard = lock_range(oid, s0 * ss, s1 * ss).await;
         let (epoch, ts) = self.ec_targets(oid, lay)?;
-        if self.primary_of(&ts, oid)?.is_some() {
+        if !self.is_primary(&ts, oid) {
             return Err(RpcError::Retry(format!(
                 "{oid:#018x}: not the primary here"
             )));
@@ -1172,9 +1244,19 @@ impl Gateway {
                         .collect();
                     for s in dedup(ends) {
                         let i = (s - s0) as usize;
-                        let old = self
-                            .read_stripes_sub(epoch, oid, lay, &holders, s0, &basis, i)
-                            .await?;
+                        let direct = if holders.iter().all(|h| h.ents.is_none()) {
+                            self.old_chunks(epoch, oid, lay, &ts, s, basis[i], offset, len)
+                                .await?
+                        } else {
+                            None
+                        };
+                        let old = match direct {
+                            Some(d) => d,
+                            None => {
+                                self.read_stripes_sub(epoch, oid, lay, &holders, s0, &basis, i)
+                                    .await?
+                            }
+                        };
                         buf[i * ss as usize..(i + 1) * ss as usize].copy_from_slice(&old);
                     }
                 }
@@ -1215,6 +1297,55 @@ impl Gateway {
             remember(oid, epoch, lay, s0, &versions);
         }
         Ok(())
+    }
+
+    /// The bytes of stripe `s` at `version` that a write of `[offset, offset+len)` keeps:
+    /// the chunks it does not wholly cover, each from its data target (no decode; the
+    /// covered chunks are left zero). `None` if a target does not answer with them.
+    #[allow(clippy::too_many_arguments)]
+    async fn old_chunks(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s: u64,
+        version: u64,
+        offset: u64,
+        len: u64,
+    ) -> Rpc<Option<Vec<u8>>> {
+        let (c, ss) = (lay.geo.chunk(), lay.stripe_size());
+        let needed: Vec<usize> = (0..lay.data())
+            .filter(|&j| {
+                let start = s * ss + j as u64 * c;
+                !(offset <= start && start + c <= offset + len)
+            })
+            .collect();
+        if needed.iter().any(|&j| j >= ts.len()) {
+            return Ok(None);
+        }
+        let wants = collie_net::peer::encode_oids(&[version]);
+        let answers = join_all(needed.iter().map(|&j| {
+            let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
+            call.payload = &wants;
+            async move { self.ec_data(epoch, ts[j], &call).await }
+        }))
+        .await;
+        let mut out = vec![0u8; ss as usize];
+        for (&j, a) in needed.iter().zip(answers) {
+            let p = match a {
+                Ok(p) => p,
+                Err(RpcError::Store(_)) => return Ok(None),
+                Err(e) => return Err(e),
+            };
+            match split_u64s(&p, 1) {
+                Ok((v, d)) if v[0] == version && d.len() == c as usize => {
+                    out[j * c as usize..(j + 1) * c as usize].copy_from_slice(d);
+                }
+                _ => return Ok(None),
+            }
+        }
+        Ok(Some(out))
     }
 
     /// Stripe `i` (of a run starting at `s0`) at its basis version.
@@ -1324,7 +1455,7 @@ impl Gateway {
     ) -> Rpc<CheckReport> {
         let _object = lock_range(oid, 0, u64::MAX).await;
         let (epoch, ts) = self.ec_targets(oid, lay)?;
-        if self.primary_of(&ts, oid)?.is_some() {
+        if !self.is_primary(&ts, oid) {
             return Err(RpcError::Retry(format!(
                 "{oid:#018x}: not the primary here"
             )));

@@ -146,6 +146,22 @@ pub(crate) fn peer_addr(m: &Member, oid: u64) -> Option<SocketAddr> {
     Some(SocketAddr::new(m.id.addr(), m.peer_ports[shard]))
 }
 
+/// This node's peer port for the shard that serves `oid`.
+pub(crate) fn own_peer_addr(oid: u64) -> std::result::Result<SocketAddr, RpcError> {
+    let v = view().ok_or_else(|| RpcError::Retry("no view".into()))?;
+    v.me()
+        .and_then(|i| v.members.get(i))
+        .and_then(|m| peer_addr(m, oid))
+        .ok_or_else(|| RpcError::Retry("this node has no peer port".into()))
+}
+
+fn is_ec(op: Op) -> bool {
+    matches!(
+        op,
+        Op::FragWrite | Op::FragRead | Op::FragProbe | Op::FragRemove | Op::EcWrite | Op::EcCheck
+    )
+}
+
 fn unreachable(m: &Member, why: &str) -> RpcError {
     RpcError::Unreachable {
         addr: m.id.socket_addr(),
@@ -233,6 +249,9 @@ impl Gateway {
     ) -> std::result::Result<Reply, RpcError> {
         let sh = &self.shard;
         let addr = match t {
+            // Erasure-coding requests run on the shard that owns the object (it keeps
+            // the fragment headers and orders writes): through its peer port.
+            Target::Local if is_ec(c.op) && !sh.owns(c.oid) => own_peer_addr(c.oid)?,
             Target::Local => {
                 return Ok(match c.op {
                     Op::Write => {
