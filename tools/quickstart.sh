@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
 # The README's quick start: build, start Sheepdog's six-node quick-start cluster on this
-# machine, create a VDI with three copies, write and read it through NBD on different
-# nodes, and show what dog reports. As Sheepdog's quick start:
+# machine, create a VDI with three copies and an erasure-coded one, write and read them
+# through NBD on different nodes, and show what dog reports. As Sheepdog's quick start:
 #
 #   for i in `seq 0 5`; do sheep $BASE/store$i -n -c local -z $i -p 700$i; done
 #   dog cluster format
 #   dog vdi create -c 3 replica 20G
-#
-# (Sheepdog's quick start also creates an erasure-coded VDI, `dog vdi create -c 4:2
-# erasure 20G`; that comes with the erasure-coding issue.)
+#   dog vdi create -c 4:2 erasure 20G
 #
 # usage: tools/quickstart.sh [DIR]     (default DIR: /var/tmp/collie-quickstart)
 # Ports: 7000-7005 (dog) and 10809-10814 (NBD) on 127.0.0.1; the nodes find each other
@@ -85,9 +83,10 @@ if [ "$members" != "$ours" ]; then
     die "the cluster is not just the six quick-start nodes (above): other sheep on this machine use /tmp/collie-local-cluster; stop them first (the quick-start ones are stopped)"
 fi
 
-say "formatting the cluster and creating a VDI with 3 copies"
+say "formatting the cluster, creating a VDI with 3 copies and a 4:2 erasure-coded one"
 dog cluster format
 dog vdi create -c 3 replica 20G
+dog vdi create -c 4:2 erasure 20G
 
 say "writing through node 0 (NBD port 10809), reading through node 5 (port 10814)"
 img="$BASE/some.img"
@@ -105,8 +104,21 @@ qemu-io -f raw -c 'read -P 0x5a 100M 1M' nbd://127.0.0.1:10813/replica | grep -v
 say "nbdinfo --map through node 1 (port 10810): written data, the rest holes"
 nbdinfo --map nbd://127.0.0.1:10810/replica
 
+say "the erasure-coded VDI: 64 MiB through node 3 (port 10812), read back through node 1 (port 10810)"
+img="$BASE/some.img"
+head -c 64M /dev/urandom >"$img"
+qemu-img convert -n -f raw -O raw "$img" nbd://127.0.0.1:10812/erasure
+qemu-img compare -f raw -F raw "$img" nbd://127.0.0.1:10810/erasure
+rm -f "$img"
+qemu-io -f raw -c 'write -P 0xec 5000 70000' nbd://127.0.0.1:10809/erasure | grep -v '/sec'
+qemu-io -f raw -c 'read -P 0xec 5000 70000' nbd://127.0.0.1:10814/erasure | grep -v '/sec'
+
 say "dog vdi object location replica 0: the 3 copies of object 0, in 3 zones"
 dog vdi object location replica 0
+say "dog vdi object location erasure 0: fragment holders of object 0, in order"
+dog vdi object location erasure 0
+say "dog vdi check erasure: every stripe verified (parity matches data)"
+dog vdi check erasure
 
 say "dog vdi list"
 dog vdi list
@@ -119,8 +131,10 @@ dog cluster info
 
 cat <<EOF
 
-Collie is running: 6 nodes, VDI "replica" (20 GiB, 3 copies), on any node's NBD port:
+Collie is running: 6 nodes, VDIs "replica" (20 GiB, 3 copies) and "erasure" (20 GiB,
+4 data + 2 parity fragments), on any node's NBD port:
   nbd://127.0.0.1:10809/replica ... nbd://127.0.0.1:10814/replica
+  nbd://127.0.0.1:10809/erasure ... nbd://127.0.0.1:10814/erasure
   (qemu-img, qemu-io, nbdcopy, fio, or QEMU:
    -drive file=nbd://127.0.0.1:10809/replica,format=raw)
   dog is at $ROOT/target/release/dog (export PATH="$ROOT/target/release:\$PATH")
