@@ -2,8 +2,8 @@
 # lib.sh: what the benchmark runners in fio-profiles/ share, sourced by each of them.
 #
 # One home for the shell they would otherwise repeat: messages, --help and --size, the
-# measured directory, installing tools, building, ports, sheep by pid, fio runs and
-# reading fio's JSON. Sourcing it defines functions and a few constants and runs nothing.
+# measured directory, installing tools, building, ports, sheep by pid, a local cluster of
+# several sheep, fio runs and reading fio's JSON. Sourcing it defines functions and a few constants and runs nothing.
 # The script sets what the functions read: PROG (message prefix), and where used DIR,
 # WORK, KEEP, SHEEP, DOG, DOG_PORT.
 
@@ -141,6 +141,28 @@ busy_ports() {
     echo "${busy[*]}"
 }
 
+# A node's NBD port is its admin port + NBD_OFFSET, as sheep's default (7000 -> 10809).
+NBD_OFFSET=3809
+
+# need_base_port BASE NODES: returns if BASE is a port number from which NODES admin ports
+# BASE.. and their NBD ports (+NBD_OFFSET) fit; else dies naming --base-port.
+need_base_port() {
+    case "$1" in ''|*[!0-9]*) die "--base-port must be a port number" ;; esac
+    if [ "$1" -lt 1024 ] || [ $(($1 + $2 - 1 + NBD_OFFSET)) -gt 65535 ]; then
+        die "--base-port must be at least 1024 and at most $((65535 - NBD_OFFSET - $2 + 1))"
+    fi
+}
+
+# need_node_ports BASE NODES: returns if nothing listens on the NODES admin ports BASE..
+# nor on their NBD ports; else dies naming the busy ones. The ports are fixed
+# (--base-port), not searched for: a runner refuses to start on a busy one.
+need_node_ports() {
+    local ports=() in_use i
+    for ((i = 0; i < $2; i++)); do ports+=($(($1 + i)) $(($1 + NBD_OFFSET + i))); done
+    in_use=$(busy_ports "${ports[@]}")
+    [ -z "$in_use" ] || die "port(s) $in_use already in use (this run needs $1-$(($1 + $2 - 1)) and $(($1 + NBD_OFFSET))-$(($1 + NBD_OFFSET + $2 - 1)); try --base-port)"
+}
+
 # wait_gone PID SECONDS: returns 0 if PID exited within SECONDS, 1 if not (it is not our
 # child: poll). A zombie counts as gone: daemons are reparented, and their reaper may lag.
 wait_gone() {
@@ -186,6 +208,28 @@ stop_sheep() {
     SHEEP_PIDS=()
 }
 
+# start_local_cluster NODES BASE STATE ARG...: starts NODES sheep on this machine with
+# ARG... (e.g. -n), node I in zone I with its store in WORK/storeI, admin port BASE+I and
+# NBD port BASE+NBD_OFFSET+I on 127.0.0.1, all in the local cluster whose state file is
+# STATE (their own: no other sheep on the machine joins them); returns once node 0 sees
+# all NODES, dies if one does not start or node 0 does not see them within 10 s.
+start_local_cluster() {
+    local nodes=$1 base=$2 state=$3 i t members=0
+    shift 3
+    for ((i = 0; i < nodes; i++)); do
+        # Each returns once it has joined and listens.
+        start_sheep_node "$i" "$WORK/store$i" "$@" -b 127.0.0.1 -c "local:$state" -z "$i" \
+            -p "$((base + i))" --nbd-port "$((base + NBD_OFFSET + i))"
+    done
+    # Node 0 sees the later joins at its next poll of the state file (every ~200 ms).
+    for ((t = 0; t < 100; t++)); do
+        members=$("$DOG" -p "$base" node list -r 2>/dev/null | wc -l) || members=0
+        [ "$members" -ge "$nodes" ] && break
+        sleep 0.1
+    done
+    [ "$members" = "$nodes" ] || die "node 0 sees $members nodes, not $nodes"
+}
+
 # dog ARG...: runs `DOG -p DOG_PORT ARG...`, its output appended to WORK/dog.log; returns
 # 0, or prints that log and dies if dog fails.
 dog() {
@@ -225,6 +269,13 @@ run_fio() {
 # drop_work: removes WORK, or with KEEP=1 says where it is kept; returns 0.
 drop_work() { if [ "$KEEP" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi; }
 
+# stop_sheep_drop_work: the EXIT trap of a runner whose only servers are sheep: stops
+# them (stop_sheep), then drop_work; returns 0.
+stop_sheep_drop_work() {
+    stop_sheep || true
+    drop_work
+}
+
 # Python put ahead of every fio_py program: imports json, os and sys, and reads fio's JSON.
 FIO_PY=$(cat <<'EOF'
 import json, os, sys
@@ -255,6 +306,18 @@ def figures(d):
     """iops, mib_s, p50 and p99 (us), ops and bytes of one direction of a job."""
     return {"iops": d["iops"], "mib_s": d["bw_bytes"] / 2**20, "p50": clat_us(d, "50.000000"),
             "p99": clat_us(d, "99.000000"), "ops": d["total_ios"], "bytes": d["io_bytes"]}
+
+def run_figures(path, rw):
+    """figures() of one direction rw ("read" or "write") of the fio run whose JSON is
+    path; "err" if there is no such file (run_fio renames a failed run's), it does not
+    parse or fio reported an error."""
+    j = fio_result(path)
+    return figures(j[rw]) if isinstance(j, dict) else "err"
+
+def span_written(f, span):
+    """Bytes from the start of a span of span bytes that a sequential write job wrote,
+    given its figures f: all of them once it wrapped around."""
+    return min(f["bytes"], span)
 
 def table_widths(rows):
     """The width of each column of rows: its widest cell."""

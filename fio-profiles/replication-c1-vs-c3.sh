@@ -42,9 +42,7 @@ while [ $# -gt 0 ]; do
     esac
 done
 need_positive "$RUNTIME" --seconds
-case "$BASE_PORT" in ''|*[!0-9]*) die "--base-port must be a port number" ;; esac
-[ "$BASE_PORT" -ge 1024 ] && [ $((BASE_PORT + NODES - 1 + 3809)) -le 65535 ] \
-    || die "--base-port must be at least 1024 and at most $((65535 - 3809 - NODES + 1))"
+need_base_port "$BASE_PORT" "$NODES"
 
 # One size in bytes for fio and nbdinfo, and one spelling for dog.
 read_size "$SIZE" 1G
@@ -57,41 +55,22 @@ need_fio
 need_nbd_client
 need_ss "check the ports"
 
-# The ports are fixed (--base-port), not searched for: refuse to start on a busy one.
-PORTS=()
-for ((i = 0; i < NODES; i++)); do PORTS+=($((BASE_PORT + i)) $((BASE_PORT + 3809 + i))); done
-in_use=$(busy_ports "${PORTS[@]}")
-[ -z "$in_use" ] || die "port(s) $in_use already in use (this run needs $BASE_PORT-$((BASE_PORT + NODES - 1)) and $((BASE_PORT + 3809))-$((BASE_PORT + 3809 + NODES - 1)); try --base-port)"
+need_node_ports "$BASE_PORT" "$NODES"
 
 build_release sheep dog || die "build failed"
 SHEEP=$TARGET/release/sheep
 DOG=$TARGET/release/dog
 DOG_PORT=$BASE_PORT   # node 0's admin port
-NBD_PORT=$((BASE_PORT + 3809))   # node 0's: every job goes through it
+NBD_PORT=$((BASE_PORT + NBD_OFFSET))   # node 0's: every job goes through it
 
 WORK=$(mktemp -d "$DIR/run.XXXXXX")
 STATE=$WORK/cluster   # this run's own local cluster: no other sheep joins it
-cleanup() {
-    stop_sheep || true
-    drop_work
-}
-trap cleanup EXIT
+trap stop_sheep_drop_work EXIT
 trap 'exit 130' INT TERM
 
 say "disk: $(disk_of "$DIR")  dir: $WORK"
 say "starting $NODES sheep -n (zones 0-$((NODES - 1)), ports $BASE_PORT-$((BASE_PORT + NODES - 1)), cluster state $STATE) ..."
-for ((i = 0; i < NODES; i++)); do
-    # Each returns once it has joined and listens.
-    start_sheep_node "$i" "$WORK/store$i" -n -b 127.0.0.1 -c "local:$STATE" -z "$i" \
-        -p "$((BASE_PORT + i))" --nbd-port "$((BASE_PORT + 3809 + i))"
-done
-# Node 0 sees the later joins at its next poll of the state file (every ~200 ms).
-for ((t = 0; t < 100; t++)); do
-    members=$("$DOG" -p "$BASE_PORT" node list -r 2>/dev/null | wc -l) || members=0
-    [ "$members" -ge "$NODES" ] && break
-    sleep 0.1
-done
-[ "$members" = "$NODES" ] || die "node 0 sees $members nodes, not $NODES"
+start_local_cluster "$NODES" "$BASE_PORT" "$STATE" -n
 
 dog cluster format -c 1
 dog vdi create -c 1 c1 "$SIZE_DOG"
@@ -126,8 +105,7 @@ UNIT = {"mib_s": "MiB/s", "iops": "IOPS"}
 
 def load(job, vdi):
     """The write figures of one run, or "err" (failed, or fio reported an error)."""
-    j = fio_result(f"{work}/{job}.{vdi}.json")
-    return figures(j["write"]) if isinstance(j, dict) else "err"
+    return run_figures(f"{work}/{job}.{vdi}.json", "write")
 
 summary = []
 for job in jobs:
@@ -167,7 +145,7 @@ if SEQ in jobs:
     for vdi in ("c1", "c3"):
         f = load(SEQ, vdi)
         if isinstance(f, dict):
-            covered = min(f["bytes"], size_bytes) / size_bytes
+            covered = span_written(f, size_bytes) / size_bytes
             print(f"{SEQ} wrote {f['bytes'] / 2**30:.2f} GiB to {vdi}: {covered:.0%} of the span was "
                   "written before the random job")
 EOF
