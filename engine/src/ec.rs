@@ -278,6 +278,7 @@ async fn frag_write(
     let cached = header(sh, key, lay).await?;
     let current: Vec<StripeEntry> = match &cached {
         Some(h) => h.borrow()[s0 as usize..s0 as usize + n].to_vec(),
+        None if create => vec![StripeEntry::initial(); n],
         None => vec![StripeEntry::zeroed(); n],
     };
     let slots: Vec<usize> = (0..n)

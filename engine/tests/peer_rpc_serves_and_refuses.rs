@@ -175,3 +175,126 @@ fn peer_rpc_serves_and_refuses() {
         assert_eq!(got, data[..100]);
     }
 }
+
+/// A fragment request to the shard that owns `key`, for a 4:2 object of 4 MiB.
+fn frag_request(op: Op, key: u64, first: u64, stripes: u64) -> PeerHeader {
+    let mut h = request(op, key, first, stripes);
+    h.object_size = 4 << 20;
+    h.geometry = 4 << 8 | 2;
+    h
+}
+
+fn u64s(v: &[u64]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
+#[test]
+fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
+    use collie_engine::shard::{owner_of, partition_of};
+    use collie_placement::ids::{fragment_oid, Vid};
+    let dir = test_dir("peer-fragments");
+    let (store, addrs) = serving(dir.path());
+    let oid = Vid::of_name("ec").data_oid(3);
+    let key = fragment_oid(oid, 1);
+    let owner = owner_of(partition_of(key, store.partition_count()), addrs.len());
+    assert_eq!(
+        owner,
+        owner_of(partition_of(oid, store.partition_count()), addrs.len()),
+        "a fragment lives on its object's shard"
+    );
+    let mut s = connect(addrs[owner]);
+    let chunk = |seed: u64| pattern(seed, 4096);
+    // FragWrite of stripes 0..2: new versions, keep versions, chunks.
+    let write = |s: &mut TcpStream, v: u64, keep: u64, seed: u64, create: bool| {
+        let mut p = u64s(&[v, v]);
+        p.extend(u64s(&[keep, keep]));
+        p.extend(chunk(seed));
+        p.extend(chunk(seed + 1));
+        let mut h = frag_request(Op::FragWrite, key, 0, 2);
+        if create {
+            h.flags |= collie_net::peer::FLAG_CREATE;
+        }
+        call(s, h, &p).0.status
+    };
+    // FragRead of stripe 0 at `want` (0: newest): (version found, chunk).
+    let read = |s: &mut TcpStream, want: u64| {
+        let (r, p) = call(s, frag_request(Op::FragRead, key, 0, 1), &u64s(&[want]));
+        assert_eq!(r.status, status::OK);
+        (
+            u64::from_le_bytes(p[..8].try_into().unwrap()),
+            p[8..].to_vec(),
+        )
+    };
+    let (v10, v11) = (10u64 << 32, 11u64 << 32);
+    assert_eq!(write(&mut s, v10, 1, 100, true), status::OK);
+    assert_eq!(write(&mut s, v11, v10, 200, false), status::OK);
+    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+    // The version the second write built on is still there.
+    assert_eq!(read(&mut s, v10), (v10, chunk(100)));
+    // A stripe nobody wrote after creation reads as zeros at the initial version.
+    let (r, p) = call(&mut s, frag_request(Op::FragRead, key, 7, 1), &u64s(&[0]));
+    assert_eq!(r.status, status::OK);
+    assert_eq!(u64::from_le_bytes(p[..8].try_into().unwrap()), 1);
+    assert!(p[8..].iter().all(|&b| b == 0));
+
+    // A crash between a chunk write and its header entry: the next write (keeping
+    // v11) put its chunk in v10's slot, 1, and died before the header said so. That
+    // slot no longer matches its CRC: v10 is gone, v11 is intact.
+    let header = 256 * 32;
+    let mut h = request(Op::Write, key, header + (1 << 20), 4096);
+    h.object_size = header + (2 << 20);
+    assert_eq!(call(&mut s, h, &chunk(300)).0.status, status::OK);
+    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+    assert_eq!(read(&mut s, v10).0, 0, "a torn slot must not read as v10");
+
+    // Bad requests: refused, and the connection goes on serving.
+    let bad = |s: &mut TcpStream, h: PeerHeader, p: &[u8]| {
+        let st = call(s, h, p).0.status;
+        assert!(st == status::INVALID, "status {st} for {h:?}");
+    };
+    // More stripes than an object has, a payload shorter than its lists.
+    bad(
+        &mut s,
+        frag_request(Op::FragRead, key, 250, 7),
+        &u64s(&[0; 7]),
+    );
+    bad(&mut s, frag_request(Op::FragRead, key, 0, 2), &u64s(&[0]));
+    bad(
+        &mut s,
+        frag_request(Op::FragWrite, key, 0, 1),
+        &u64s(&[v11 + 1, v11]),
+    );
+    bad(&mut s, frag_request(Op::FragRead, key, 0, u64::MAX), &[]);
+    // A geometry that is not one (parity 0, 3 data fragments), a key that is not a
+    // fragment of it (index 6 of 4:2), an oid that is not a data object.
+    let mut h = frag_request(Op::FragRead, key, 0, 1);
+    h.geometry = 4 << 8;
+    bad(&mut s, h, &u64s(&[0]));
+    h.geometry = 3 << 8 | 1;
+    bad(&mut s, h, &u64s(&[0]));
+    let other = fragment_oid(oid, 6);
+    let o = owner_of(partition_of(other, store.partition_count()), addrs.len());
+    let mut s6 = connect(addrs[o]);
+    bad(
+        &mut s6,
+        frag_request(Op::FragRead, other, 0, 1),
+        &u64s(&[0]),
+    );
+    bad(&mut s, frag_request(Op::FragProbe, key, 0, 1), &[]);
+    // A key asked of a shard that does not own it.
+    if addrs.len() > 1 {
+        let mut wrong = connect(addrs[(owner + 1) % addrs.len()]);
+        bad(
+            &mut wrong,
+            frag_request(Op::FragRead, key, 0, 1),
+            &u64s(&[0]),
+        );
+    }
+    // One zone cannot hold 4:2: a write is refused with a clear error.
+    let mut h = frag_request(Op::EcWrite, oid, 0, 4096);
+    h.len = 4096;
+    let (r, msg) = call(&mut s, h, &chunk(1));
+    assert_eq!(r.status, status::INVALID);
+    assert!(String::from_utf8_lossy(&msg).contains("zones"), "{msg:?}");
+    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+}
