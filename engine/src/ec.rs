@@ -36,6 +36,7 @@ use collie_placement::erasure::{Codec, Geometry, DEFAULT_CHUNK};
 use collie_placement::ids::{fragment_oid, object_kind, ObjectKind};
 use collie_placement::Redundancy;
 use futures::future::join_all;
+use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
@@ -349,22 +350,15 @@ async fn frag_write(
 }
 
 /// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
-/// the newest valid one, or none for [`SKIP`]). Returns the versions found (0: none
-/// valid) and the chunks (zeros where none).
-async fn frag_read(
-    sh: &Shard,
-    key: u64,
-    lay: &Layout,
-    s0: u64,
-    wants: &[u64],
-) -> Result<(Vec<u64>, Vec<u8>)> {
+/// the newest valid one, or none for [`SKIP`]). Answers the versions found (0: none
+/// valid), then the chunks (zeros where none): the FragRead reply.
+async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -> Result<Vec<u8>> {
     let n = wants.len();
     lay.check_stripes(s0, n as u64)?;
     let ents = entries(sh, key, lay, s0, n as u64)
         .await?
         .ok_or(StoreError::NotFound(key))?;
     let c = lay.chunk();
-    let mut out = vec![0u8; n * c];
     let mut got = vec![0u64; n];
     // Candidate slots per stripe, best first.
     let cands: Vec<Vec<usize>> = (0..n)
@@ -381,6 +375,28 @@ async fn frag_read(
             v
         })
         .collect();
+    // The common case: every stripe's best slot is one slot holding data, one read,
+    // every CRC good. The reply is built around the store's buffer with one copy.
+    if let Some(&slot) = cands.first().and_then(|k| k.first()) {
+        let one_run = (0..n).all(|i| {
+            cands[i].first() == Some(&slot) && ents[i].slots[slot].flags & SLOT_ZEROS == 0
+        });
+        if one_run {
+            if let Ok(b) = sh.read(key, lay.slot_at(slot, s0), (n * c) as u64).await {
+                if (0..n).all(|i| crc32c::crc32c(&b[i * c..(i + 1) * c]) == ents[i].slots[slot].crc)
+                {
+                    let mut reply = Vec::with_capacity(8 * n + b.len());
+                    for e in &ents {
+                        reply.extend_from_slice(&e.slots[slot].version.to_le_bytes());
+                    }
+                    reply.extend_from_slice(&b);
+                    return Ok(reply);
+                }
+            }
+        }
+    }
+    // Otherwise stripe by stripe, each slot a candidate in turn.
+    let mut out = vec![0u8; n * c];
     let mut tried = vec![0usize; n];
     // Rounds: each round reads every stripe's next candidate, runs of one slot at once.
     for _ in 0..2 {
@@ -438,7 +454,9 @@ async fn frag_read(
             i = j;
         }
     }
-    Ok((got, out))
+    let mut reply = collie_net::peer::encode_oids(&got);
+    reply.extend_from_slice(&out);
+    Ok(reply)
 }
 
 /// Header entries of stripes `s0..` of every fragment of `oid` this node holds:
@@ -524,10 +542,7 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
         Op::FragRead => {
             let (key, n) = (fragment(c.oid)?, stripes()?);
             let (wants, _) = split_u64s(c.payload, n).map_err(bad)?;
-            let (versions, data) = frag_read(sh, key, &lay, c.offset, &wants).await?;
-            let mut out = collie_net::peer::encode_oids(&versions);
-            out.extend_from_slice(&data);
-            Ok(out)
+            Ok(frag_read(sh, key, &lay, c.offset, &wants).await?)
         }
         Op::FragProbe => {
             let (oid, _) = (data_oid(c.oid)?, stripes()?);
@@ -898,7 +913,8 @@ impl Gateway {
             async move { self.ec_data(epoch, t, &c).await }
         }))
         .await;
-        let mut frags: Vec<Option<(u64, Vec<u8>)>> = vec![None; lay.data()];
+        // Per data fragment: its first stripe, and the answer (versions, then chunks).
+        let mut frags: Vec<Option<(u64, usize, Vec<u8>)>> = vec![None; lay.data()];
         for ((j, c, _), a) in calls.iter().zip(answers) {
             let p = match a {
                 Ok(p) => p,
@@ -911,16 +927,16 @@ impl Gateway {
             if versions.contains(&0) || data.len() != n * lay.chunk() {
                 return Ok(None);
             }
-            frags[*j] = Some((c.offset, data.to_vec()));
+            frags[*j] = Some((c.offset, 8 * n, p));
         }
-        let mut out = vec![0u8; len as usize];
+        // Pieces come in order and back to back: append, no zeroing first.
+        let mut out = Vec::with_capacity(len as usize);
         for p in lay.geo.pieces(offset, len) {
-            let Some((first, data)) = &frags[p.fragment as usize] else {
+            let Some((first, skip, data)) = &frags[p.fragment as usize] else {
                 return Ok(None);
             };
-            let at = (p.offset - first * c) as usize;
-            out[p.at as usize..(p.at + p.len) as usize]
-                .copy_from_slice(&data[at..at + p.len as usize]);
+            let at = skip + (p.offset - first * c) as usize;
+            out.extend_from_slice(&data[at..at + p.len as usize]);
         }
         Ok(Some(out))
     }
@@ -1221,9 +1237,9 @@ impl Gateway {
             None => (vec![INITIAL; n as usize], Vec::new()),
         };
         let full = offset == s0 * ss && offset + len == s1 * ss;
-        let stripes: Option<Vec<u8>> = match content {
+        let stripes: Option<Cow<'_, [u8]>> = match content {
             Content::Zeros(_) => None,
-            Content::Data(d) if full => Some(d.to_vec()),
+            Content::Data(d) if full => Some(Cow::Borrowed(d)),
             Content::Data(d) => {
                 let mut buf = vec![0u8; (n * ss) as usize];
                 if !create {
@@ -1263,33 +1279,15 @@ impl Gateway {
                 }
                 let at = (offset - s0 * ss) as usize;
                 buf[at..at + d.len()].copy_from_slice(d);
-                Some(buf)
-            }
-        };
-        let frags: Option<Vec<Vec<u8>>> = match &stripes {
-            None => None,
-            Some(b) => {
-                let mut f = lay.geo.split(b).map_err(codec_error)?;
-                let refs: Vec<&[u8]> = f.iter().map(|x| x.as_slice()).collect();
-                let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
-                f.extend(parity);
-                Some(f)
+                Some(Cow::Owned(buf))
             }
         };
         let nv = next_version(epoch);
         let versions = vec![nv; n as usize];
-        self.write_fragments(
-            epoch,
-            oid,
-            lay,
-            &ts,
-            s0,
-            &versions,
-            &basis,
-            frags.as_deref(),
-            create,
-        )
-        .await?;
+        let payloads = fragment_payloads(lay, &versions, &basis, stripes.as_deref(), ts.len())?;
+        let zeros = stripes.is_none();
+        self.write_fragments(epoch, oid, lay, &ts, s0, n, &payloads, zeros, create)
+            .await?;
         if create {
             let mut all = vec![INITIAL; lay.stripes() as usize];
             all[s0 as usize..s1 as usize].fill(nv);
@@ -1382,27 +1380,15 @@ impl Gateway {
         lay: &Layout,
         ts: &[Target],
         s0: u64,
-        versions: &[u64],
-        keeps: &[u64],
-        frags: Option<&[Vec<u8>]>,
+        n: u64,
+        payloads: &[Vec<u8>],
+        zeros: bool,
         create: bool,
     ) -> Rpc<()> {
-        let n = versions.len() as u64;
-        let mut head = collie_net::peer::encode_oids(versions);
-        head.extend_from_slice(&collie_net::peer::encode_oids(keeps));
-        let payloads: Vec<Vec<u8>> = (0..ts.len())
-            .map(|j| {
-                let mut p = head.clone();
-                if let Some(f) = frags {
-                    p.extend_from_slice(&f[j]);
-                }
-                p
-            })
-            .collect();
         let done = join_all(ts.iter().enumerate().map(|(j, &t)| {
             let mut c = self.ec_call(Op::FragWrite, fragment_oid(oid, j as u8), lay, s0, n);
             c.payload = &payloads[j];
-            if frags.is_none() {
+            if zeros {
                 c.flags |= FLAG_ZEROS;
             }
             if create {
@@ -1558,6 +1544,34 @@ impl Gateway {
         r.repaired = nbad;
         Ok(r)
     }
+}
+
+/// The FragWrite payload of each of the first `targets` fragments: new versions, keep
+/// versions, then the fragment's chunks of `stripes` (object bytes of whole stripes;
+/// `None` for zeros: no chunks). Each byte is copied once into its payload.
+fn fragment_payloads(
+    lay: &Layout,
+    versions: &[u64],
+    keeps: &[u64],
+    stripes: Option<&[u8]>,
+    targets: usize,
+) -> Result<Vec<Vec<u8>>> {
+    let mut head = collie_net::peer::encode_oids(versions);
+    head.extend_from_slice(&collie_net::peer::encode_oids(keeps));
+    let Some(bytes) = stripes else {
+        return Ok(vec![head; targets]);
+    };
+    let mut out = lay.geo.split_after(&head, bytes).map_err(codec_error)?;
+    let refs: Vec<&[u8]> = out.iter().map(|f| &f[head.len()..]).collect();
+    let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
+    for p in parity {
+        let mut f = Vec::with_capacity(head.len() + p.len());
+        f.extend_from_slice(&head);
+        f.extend_from_slice(&p);
+        out.push(f);
+    }
+    out.truncate(targets);
+    Ok(out)
 }
 
 fn dedup(mut v: Vec<u64>) -> Vec<u64> {

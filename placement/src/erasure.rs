@@ -168,6 +168,12 @@ impl Geometry {
     /// Splits the object bytes of whole stripes `stripes` (`bytes.len()` = stripes ×
     /// stripe size) into the data fragments' contiguous ranges for those stripes.
     pub fn split(&self, bytes: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
+        self.split_after(&[], bytes)
+    }
+
+    /// [`Geometry::split`], each fragment's range placed after a copy of `prefix` (a
+    /// message header), so the bytes are copied once on their way out.
+    pub fn split_after(&self, prefix: &[u8], bytes: &[u8]) -> Result<Vec<Vec<u8>>, CodecError> {
         let s = self.stripe_size() as usize;
         if !bytes.len().is_multiple_of(s) {
             return Err(CodecError::Length {
@@ -178,7 +184,13 @@ impl Geometry {
         }
         let c = self.chunk as usize;
         let per = bytes.len() / self.data as usize;
-        let mut frags: Vec<Vec<u8>> = (0..self.data).map(|_| Vec::with_capacity(per)).collect();
+        let mut frags: Vec<Vec<u8>> = (0..self.data)
+            .map(|_| {
+                let mut f = Vec::with_capacity(prefix.len() + per);
+                f.extend_from_slice(prefix);
+                f
+            })
+            .collect();
         for (i, chunk) in bytes.chunks(c).enumerate() {
             frags[i % self.data as usize].extend_from_slice(chunk);
         }

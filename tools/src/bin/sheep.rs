@@ -177,7 +177,21 @@ fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener, String> {
     })
 }
 
+/// Keeps the data path's large buffers (object pieces, fragments: up to a few MiB) in
+/// malloc's heap. By default glibc maps each one fresh and unmaps it on free, so every
+/// request paid page faults and the kernel's zeroing of every page (measured: about 5%
+/// of the CPU of a 4:2 sequential write). The trim threshold keeps freed memory for
+/// the next request instead of returning it at once.
+fn keep_large_buffers() {
+    // SAFETY: mallopt only sets allocator parameters; called before any thread starts.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 32 << 20);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 256 << 20);
+    }
+}
+
 fn main() {
+    keep_large_buffers();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let opts = match parse_args(&args) {
         Ok(o) => o,
