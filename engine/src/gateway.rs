@@ -344,6 +344,35 @@ impl Gateway {
             .map(|_| ())
     }
 
+    /// Writes `ranges` (offset, bytes) on every target, creating the object where it
+    /// is missing: for a caller that writes every byte the object holds (the rest are
+    /// holes everywhere), so a target that lacked it ends with a whole copy. Other
+    /// writers of this shard wait meanwhile.
+    pub async fn restore(
+        &self,
+        oid: u64,
+        ranges: &[(u64, &[u8])],
+        meta: WriteMeta,
+        copies: usize,
+    ) -> Result<()> {
+        let _object = lock_range(oid, 0, u64::MAX).await;
+        self.settled(oid, || async {
+            let (epoch, ts) = self.targets(oid, copies)?;
+            for &(offset, data) in ranges {
+                let mut c = Call::new(Op::Write, oid);
+                c.offset = offset;
+                c.len = data.len() as u64;
+                c.meta = meta;
+                c.payload = data;
+                for r in join_all(ts.iter().map(|&t| self.exec(epoch, t, &c))).await {
+                    r?;
+                }
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// One write on every target that holds the object (all of them, if `create`).
     /// False if no target holds it (and `create` is not set).
     async fn write_copies(

@@ -354,6 +354,9 @@ pub async fn check(gw: &Gateway, name: &str, repair: bool) -> Result<CheckReport
             "'{name}' is replicated: dog vdi check verifies erasure-coded VDIs so far"
         )));
     };
+    if repair {
+        restore_inode(gw, &inode).await?;
+    }
     let mut report = CheckReport::default();
     for chunk in data_objects(gw, inode.vid).await?.chunks(FAN_OUT) {
         for r in join_all(chunk.iter().map(|&oid| gw.ec_check(oid, &lay, repair))).await {
@@ -361,6 +364,33 @@ pub async fn check(gw: &Gateway, name: &str, repair: bool) -> Result<CheckReport
         }
     }
     Ok(report)
+}
+
+/// Puts the inode (header and owner table: every byte it holds) on each of its current
+/// targets, so a VDI whose inode holders died keeps its inode redundancy (until
+/// recovery does this for every object). An owner entry set by a writer while this
+/// runs may be written back to its old value on some copies; owners are only a hint.
+async fn restore_inode(gw: &Gateway, inode: &Inode) -> Result<()> {
+    let header = inode.encode();
+    let table: Vec<u8> = load_owners(gw, inode)
+        .await?
+        .iter()
+        .flat_map(|o| o.to_le_bytes())
+        .collect();
+    // A 16 TiB VDI's table is 16 MiB: sent in pieces well under a peer frame.
+    const PIECE: usize = 1 << 20;
+    let mut ranges: Vec<(u64, &[u8])> = vec![(0, bytemuck::bytes_of(&header))];
+    for (i, part) in table.chunks(PIECE).enumerate() {
+        ranges.push((DATA_VDI_ID_OFFSET + (i * PIECE) as u64, part));
+    }
+    gw.restore(
+        inode.vid.inode_oid(),
+        &ranges,
+        meta(INODE_OBJECT_SIZE),
+        META_COPIES,
+    )
+    .await?;
+    Ok(())
 }
 
 /// Every live VDI with the bytes its data objects hold (one copy counted).

@@ -19,14 +19,6 @@ const BLOCK: usize = 4096;
 const WRITE: u64 = 64 * 1024;
 const PASSES: usize = 6;
 
-/// `dog vdi check -r`: objects stripes consistent repaired lost unplaced.
-fn check(s: &Sheep) -> [u64; 6] {
-    let out = s.dog_ok(&["vdi", "check", "-r", "ec"]);
-    let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
-    f.try_into()
-        .unwrap_or_else(|_| panic!("check output {out:?}"))
-}
-
 /// The byte every byte of `block` is, or `None` if it is a mix.
 fn uniform(block: &[u8]) -> Option<u8> {
     block.iter().all(|&b| b == block[0]).then_some(block[0])
@@ -115,9 +107,9 @@ fn killed_writers_and_holders_leave_old_or_new_blocks_and_consistent_stripes() {
             blocks[b] = v;
         }
 
-        let [objects, stripes, _, _, lost, _] = check(reader);
+        let [objects, stripes, _, _, lost, _] = reader.vdi_check("ec");
         assert_eq!((objects, lost), (8, 0), "round {r}: check");
-        let [_, _, consistent, repaired, lost, _] = check(reader);
+        let [_, _, consistent, repaired, lost, _] = reader.vdi_check("ec");
         assert_eq!(
             (consistent, repaired, lost),
             (stripes, 0, 0),
@@ -132,6 +124,12 @@ fn killed_writers_and_holders_leave_old_or_new_blocks_and_consistent_stripes() {
         c.nodes[i].kill9();
     }
     c.wait_members(4);
-    let got = qemu_img_read(&c.nodes[0].uri("ec"), &files.path().join("degraded"));
+    let got = std::panic::catch_unwind(|| {
+        qemu_img_read(&c.nodes[0].uri("ec"), &files.path().join("degraded"))
+    })
+    .unwrap_or_else(|_| {
+        let logs: Vec<String> = c.live().map(|s| s.log()).collect();
+        panic!("degraded read failed; logs:\n{}", logs.join("\n----\n"))
+    });
     assert_bytes_eq("degraded read", &got, &want);
 }
