@@ -53,27 +53,7 @@ read_size "$SIZE" 1G
 
 for j in "$SEQ_WRITE" "${AFTER[@]}"; do [ -f "$JOBS_DIR/$j.fio" ] || die "missing $JOBS_DIR/$j.fio"; done
 
-bench_dir erasure-bench
-
-need_fio
-need_nbd_client
-need_ss "check the ports"
-need_node_ports "$BASE_PORT" "$NODES"
-
-build_release sheep dog || die "build failed"
-SHEEP=$TARGET/release/sheep
-DOG=$TARGET/release/dog
-DOG_PORT=$BASE_PORT   # node 0's admin port
-NBD_PORT=$((BASE_PORT + NBD_OFFSET))   # node 0's: every job goes through it
-
-WORK=$(mktemp -d "$DIR/run.XXXXXX")
-STATE=$WORK/cluster   # this run's own local cluster: no other sheep joins it
-trap stop_sheep_drop_work EXIT
-trap 'exit 130' INT TERM
-
-say "disk: $(disk_of "$DIR")  dir: $WORK"
-say "starting $NODES sheep -n (zones 0-$((NODES - 1)), ports $BASE_PORT-$((BASE_PORT + NODES - 1)), cluster state $STATE) ..."
-start_local_cluster "$NODES" "$BASE_PORT" "$STATE" -n
+start_bench_cluster erasure-bench "$NODES"
 
 dog cluster format -c 3
 dog vdi create -c 3 c3 "$SIZE_DOG"

@@ -230,6 +230,34 @@ start_local_cluster() {
     [ "$members" = "$nodes" ] || die "node 0 sees $members nodes, not $nodes"
 }
 
+# start_bench_cluster NAME NODES: how a cluster runner starts. The measured directory
+# (bench_dir NAME), fio, an NBD client, ss and free ports BASE_PORT.. (see
+# need_node_ports), a release build of sheep and dog, a work directory WORK with the
+# run's own cluster state file STATE, the EXIT trap that stops every sheep, then NODES
+# sheep -n (start_local_cluster). Sets SHEEP, DOG, DOG_PORT and NBD_PORT (node 0's:
+# every job goes through it), WORK and STATE; returns once node 0 sees all NODES.
+start_bench_cluster() {
+    local name=$1 nodes=$2
+    bench_dir "$name"
+    need_fio
+    need_nbd_client
+    need_ss "check the ports"
+    need_node_ports "$BASE_PORT" "$nodes"
+    build_release sheep dog || die "build failed"
+    SHEEP=$TARGET/release/sheep
+    DOG=$TARGET/release/dog
+    DOG_PORT=$BASE_PORT
+    # shellcheck disable=SC2034  # read by the runner that called this
+    NBD_PORT=$((BASE_PORT + NBD_OFFSET))
+    WORK=$(mktemp -d "$DIR/run.XXXXXX")
+    STATE=$WORK/cluster
+    trap stop_sheep_drop_work EXIT
+    trap 'exit 130' INT TERM
+    say "disk: $(disk_of "$DIR")  dir: $WORK"
+    say "starting $nodes sheep -n (zones 0-$((nodes - 1)), ports $BASE_PORT-$((BASE_PORT + nodes - 1)), cluster state $STATE) ..."
+    start_local_cluster "$nodes" "$BASE_PORT" "$STATE" -n
+}
+
 # dog ARG...: runs `DOG -p DOG_PORT ARG...`, its output appended to WORK/dog.log; returns
 # 0, or prints that log and dies if dog fails.
 dog() {

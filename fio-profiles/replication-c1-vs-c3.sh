@@ -49,28 +49,7 @@ read_size "$SIZE" 1G
 
 for j in "${JOBS[@]}"; do [ -f "$JOBS_DIR/$j.fio" ] || die "missing $JOBS_DIR/$j.fio"; done
 
-bench_dir replication-bench
-
-need_fio
-need_nbd_client
-need_ss "check the ports"
-
-need_node_ports "$BASE_PORT" "$NODES"
-
-build_release sheep dog || die "build failed"
-SHEEP=$TARGET/release/sheep
-DOG=$TARGET/release/dog
-DOG_PORT=$BASE_PORT   # node 0's admin port
-NBD_PORT=$((BASE_PORT + NBD_OFFSET))   # node 0's: every job goes through it
-
-WORK=$(mktemp -d "$DIR/run.XXXXXX")
-STATE=$WORK/cluster   # this run's own local cluster: no other sheep joins it
-trap stop_sheep_drop_work EXIT
-trap 'exit 130' INT TERM
-
-say "disk: $(disk_of "$DIR")  dir: $WORK"
-say "starting $NODES sheep -n (zones 0-$((NODES - 1)), ports $BASE_PORT-$((BASE_PORT + NODES - 1)), cluster state $STATE) ..."
-start_local_cluster "$NODES" "$BASE_PORT" "$STATE" -n
+start_bench_cluster replication-bench "$NODES"
 
 dog cluster format -c 1
 dog vdi create -c 1 c1 "$SIZE_DOG"

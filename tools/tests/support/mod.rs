@@ -313,6 +313,14 @@ impl Sheep {
     }
 
     /// Creates a VDI (`dog vdi create -c 1 NAME SIZE`).
+    /// `dog vdi check -r VDI`: objects, stripes, consistent, repaired, lost, unplaced.
+    pub fn vdi_check(&self, vdi: &str) -> [u64; 6] {
+        let out = self.dog_ok(&["vdi", "check", "-r", vdi]);
+        let f: Vec<u64> = out.split_whitespace().map(|x| x.parse().unwrap()).collect();
+        f.try_into()
+            .unwrap_or_else(|_| panic!("dog vdi check printed {out:?}"))
+    }
+
     pub fn create_vdi(&self, name: &str, size: &str) {
         self.dog_ok(&["vdi", "create", "-c", "1", name, size]);
     }
