@@ -74,8 +74,13 @@ say "about $(((1 + ${#AFTER[@]}) * ${#VDIS[@]} * RUNTIME)) s of fio ..."
 # Each job on c3 then ec42 back to back, so drift in the disk's speed over the run lands
 # on both VDIs of a job rather than between them. A failed run is reported and shows as
 # "err" in the table, so it does not cost the other figures.
+# The disk's own write counter around each sequential write: bytes on disk per byte
+# written, what erasure coding saves (sheep writes with O_DIRECT, so nothing lingers in
+# the page cache between runs).
 for v in "${VDIS[@]}"; do
+    before=$(disk_written "$DIR")
     run_fio "$SEQ_WRITE" "$v" nbd "uri=nbd://127.0.0.1:$NBD_PORT/$v" "$SIZE_BYTES" "$RUNTIME" || true
+    echo $(($(disk_written "$DIR") - before)) >"$WORK/$SEQ_WRITE.$v.disk"
 done
 # The other jobs run on the VDIs the sequential write wrote (WROTE), over SPAN: what it
 # wrote from offset 0 on all of them, in whole MiB (the 1 MiB read job's block). The same
@@ -160,16 +165,22 @@ print()
 print(f"6 sheep -n on one machine and one disk (zones 0-5, ports {base_port}-{int(base_port) + 5}),")
 print(f"cluster formatted -c 3; VDIs c3 (-c 3) and ec42 (-c 4:2) of {size}, not prefilled; fio's")
 print(f"nbd engine through node 0 (nbd://127.0.0.1:{nbd_port}/VDI), {seconds} s per job and VDI.")
-print("Bytes to the disk per byte written: 3 for c3, 1.5 for ec42. p50us/p99us: fio's completion")
-print("latency (clat). Every job has one block size, so a ratio is the same in IOPS and MiB/s.")
+print("Bytes to the disk per byte written: ideally 3 for c3, 1.5 for ec42 (measured below).")
+print("p50us/p99us: fio's completion latency (clat). Every job has one block size, so a ratio")
+print("is the same in IOPS and MiB/s.")
 if ec_error:
     print("ec42 not measured: `dog vdi create -c 4:2 ec42` failed:")
     print(f"  {ec_error}")
 for vdi, _ in VDIS:
     f = load(seq, vdi)
     if isinstance(f, dict):
+        try:
+            disk = int(open(f"{work}/{seq}.{vdi}.disk").read())
+        except (OSError, ValueError):
+            disk = 0
+        per = f", {disk / f['bytes']:.2f} bytes to the disk per byte" if disk and f["bytes"] else ""
         print(f"{seq} wrote {f['bytes'] / 2**30:.2f} GiB to {vdi}: "
-              f"{span_written(f, size_bytes) / size_bytes:.0%} of the {size} span")
+              f"{span_written(f, size_bytes) / size_bytes:.0%} of the {size} span{per}")
 if span:
     print(f"{', '.join(after)} ran on {' and '.join(wrote)} over the first {span // 2**20} MiB "
           f"({span / size_bytes:.0%} of the span),")

@@ -74,6 +74,14 @@ bench_dir() {
 # disk_of PATH: prints the device and file system type PATH is on ("/dev/vda1 ext4").
 disk_of() { df -h --output=source,fstype "$1" | tail -1 | tr -s ' '; }
 
+# disk_written PATH: prints the bytes written so far to the block device PATH is on (its
+# sectors-written counter, 512-byte units in /sys), or 0 if that cannot be read.
+disk_written() {
+    local dev
+    dev=$(basename "$(df --output=source "$1" | tail -1)")
+    awk '{ print $7 * 512 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
+}
+
 # need COMMAND PACKAGE: returns once COMMAND exists, installing PACKAGE with apt-get (as
 # root) when it is missing; dies if it cannot.
 need() {

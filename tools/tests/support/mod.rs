@@ -31,13 +31,25 @@ pub fn test_dir(name: &str) -> tempfile::TempDir {
         .unwrap()
 }
 
-/// A port nobody listens on right now (the kernel's pick for port 0).
+/// A port nobody listens on right now (the kernel's pick for port 0), never one this
+/// test process handed out before: the kernel may pick a port again as soon as the
+/// probe closes, and a cluster asks for two ports per node before any sheep binds them
+/// (seen: a node given one port for both admin and NBD).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|p| p.into_inner());
+    for _ in 0..1000 {
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("the kernel keeps offering ports this test already uses");
 }
 
 /// Fails the test with a clear message if an external client is missing
