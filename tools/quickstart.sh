@@ -128,6 +128,8 @@ say "dog node info"
 dog node info
 say "dog cluster info"
 dog cluster info
+say "dog node recovery"
+dog node recovery
 
 cat <<EOF
 

@@ -31,7 +31,9 @@ use crate::peer::{Call, RpcError};
 use crate::shard::{Reply, Shard};
 use bytemuck::{Pod, Zeroable};
 use collie_net::admin::CheckReport;
-use collie_net::peer::{split_u64s, Op, FLAG_CREATE, FLAG_REPAIR, FLAG_ZEROS, MAX_PAYLOAD};
+use collie_net::peer::{
+    split_u64s, Op, FLAG_CREATE, FLAG_RECOVERY, FLAG_REPAIR, FLAG_ZEROS, MAX_PAYLOAD,
+};
 use collie_placement::erasure::{Codec, Geometry, DEFAULT_CHUNK};
 use collie_placement::ids::{fragment_oid, object_kind, ObjectKind};
 use collie_placement::Redundancy;
@@ -537,11 +539,19 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
             let data = (c.flags & FLAG_ZEROS == 0).then_some(data);
             let create = c.flags & FLAG_CREATE != 0;
             frag_write(sh, key, &lay, c.offset, &versions, &keeps, data, create).await?;
+            if create {
+                crate::recovery::fragment_created(key);
+            }
             Ok(Vec::new())
         }
         Op::FragRead => {
             let (key, n) = (fragment(c.oid)?, stripes()?);
             let (wants, _) = split_u64s(c.payload, n).map_err(bad)?;
+            // A fragment that may have missed writes (this node was not its holder all
+            // along) does not say what is newest: the reader asks every holder.
+            if wants.contains(&NEWEST) && !crate::recovery::fragment_current(key, lay.width()) {
+                return Err(StoreError::NotFound(key).into());
+            }
             Ok(frag_read(sh, key, &lay, c.offset, &wants).await?)
         }
         Op::FragProbe => {
@@ -572,7 +582,7 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
             let oid = data_oid(c.oid)?;
             let gw = Gateway::new(sh.clone());
             let r = gw
-                .primary_check(oid, &lay, c.flags & FLAG_REPAIR != 0)
+                .primary_check(oid, &lay, c.flags & FLAG_REPAIR != 0, c.from_recovery())
                 .await?;
             Ok(encode_report(&r))
         }
@@ -789,14 +799,33 @@ impl Gateway {
 
     /// Verifies every stripe of an object at its primary, and repairs if asked.
     pub async fn ec_check(&self, oid: u64, lay: &Layout, repair: bool) -> Result<CheckReport> {
+        self.check_at_primary(oid, lay, repair, false).await
+    }
+
+    /// Recovery's repairing check: skipped if the primary completed one at this epoch
+    /// (it rewrote every target's fragment then).
+    pub(crate) async fn ec_recovery_check(&self, oid: u64, lay: &Layout) -> Result<CheckReport> {
+        self.check_at_primary(oid, lay, true, true).await
+    }
+
+    async fn check_at_primary(
+        &self,
+        oid: u64,
+        lay: &Layout,
+        repair: bool,
+        recovery: bool,
+    ) -> Result<CheckReport> {
         self.settled(oid, || async {
             let (epoch, ts) = self.ec_targets(oid, lay)?;
             if self.is_primary(&ts, oid) {
-                return self.primary_check(oid, lay, repair).await;
+                return self.primary_check(oid, lay, repair, recovery).await;
             }
             let mut c = self.ec_call(Op::EcCheck, oid, lay, 0, 0);
             if repair {
                 c.flags |= FLAG_REPAIR;
+            }
+            if recovery {
+                c.flags |= FLAG_RECOVERY;
             }
             let p = self.ec_data(epoch, ts[0], &c).await?;
             Ok(decode_report(&p)?)
@@ -1439,6 +1468,7 @@ impl Gateway {
         oid: u64,
         lay: &Layout,
         repair: bool,
+        recovery: bool,
     ) -> Rpc<CheckReport> {
         let _object = lock_range(oid, 0, u64::MAX).await;
         let (epoch, ts) = self.ec_targets(oid, lay)?;
@@ -1447,10 +1477,18 @@ impl Gateway {
                 "{oid:#018x}: not the primary here"
             )));
         }
+        if recovery {
+            if let Some(r) = crate::recovery::checked(oid, epoch) {
+                return Ok(r);
+            }
+        }
         let n = lay.stripes();
         let holders = self.gather(epoch, oid, lay, 0, n).await?;
         let mut r = CheckReport::default();
         if holders.is_empty() {
+            if repair {
+                crate::recovery::record_check(oid, epoch, &r);
+            }
             return Ok(r);
         }
         r.objects = 1;
@@ -1507,6 +1545,9 @@ impl Gateway {
         let nbad = bad_stripes.iter().filter(|&&b| b).count() as u64;
         r.consistent = n - nbad;
         if !repair || nbad == 0 {
+            if repair {
+                crate::recovery::record_check(oid, epoch, &r);
+            }
             return Ok(r);
         }
         // Rewrite each target's bad runs at the basis versions.
@@ -1542,8 +1583,15 @@ impl Gateway {
             forget(oid);
         }
         r.repaired = nbad;
+        crate::recovery::record_check(oid, epoch, &r);
         Ok(r)
     }
+}
+
+/// Removes a fragment this holder keeps but no longer has to (recovery moved it).
+pub(crate) async fn drop_fragment(sh: &Shard, key: u64) -> Result<()> {
+    uncache_header(key);
+    sh.remove(key).await
 }
 
 /// The FragWrite payload of each of the first `targets` fragments: new versions, keep

@@ -35,6 +35,10 @@ pub enum StoreError {
     /// The store is shutting down or a shard is gone.
     #[error("store is shut down")]
     Closed,
+    /// This node's copy is being brought up to date (recovery) and could not be yet,
+    /// because a peer it needs did not answer: ask again (the gateway retries).
+    #[error("{0}")]
+    NotReady(String),
 }
 
 pub type Result<T, E = StoreError> = std::result::Result<T, E>;
@@ -77,6 +81,7 @@ impl StoreError {
                 why: why.clone(),
             },
             StoreError::Closed => StoreError::Closed,
+            StoreError::NotReady(s) => StoreError::NotReady(s.clone()),
         }
     }
 
@@ -91,6 +96,7 @@ impl StoreError {
             StoreError::Invalid(_) => libc::EINVAL,
             StoreError::Incompatible { .. } => libc::EINVAL,
             StoreError::Closed => libc::ESHUTDOWN,
+            StoreError::NotReady(_) => libc::EAGAIN,
         }
     }
 }

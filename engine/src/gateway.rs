@@ -26,6 +26,7 @@ use crate::error::{Result, StoreError};
 use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{self, Call, RpcError};
 use crate::shard::{owner_of, partition_of, Reply, Shard};
+use collie_net::admin::CheckReport;
 use collie_net::peer::{decode_oids, Op, FLAG_MUST_EXIST};
 use futures::channel::oneshot;
 use futures::future::{join_all, FutureExt, Shared};
@@ -162,6 +163,16 @@ fn is_ec(op: Op) -> bool {
     )
 }
 
+/// Whether a target brings its copy up to date before serving `c` (see
+/// [`crate::recovery::ready`]): client requests on replicated objects, not the ones
+/// recovery itself sends.
+pub(crate) fn needs_ready(c: &Call<'_>) -> bool {
+    matches!(
+        c.op,
+        Op::Write | Op::Read | Op::Discard | Op::Stat | Op::Extents
+    ) && !c.from_recovery()
+}
+
 fn unreachable(m: &Member, why: &str) -> RpcError {
     RpcError::Unreachable {
         addr: m.id.socket_addr(),
@@ -223,7 +234,7 @@ impl Gateway {
         loop {
             match attempt().await {
                 Ok(v) => return Ok(v),
-                Err(RpcError::Store(e)) => return Err(e),
+                Err(RpcError::Store(e)) if !matches!(e, StoreError::NotReady(_)) => return Err(e),
                 Err(e) if Instant::now() >= deadline => {
                     return Err(StoreError::io(
                         format!("object {oid:#018x}"),
@@ -253,15 +264,23 @@ impl Gateway {
             // the fragment headers and orders writes): through its peer port.
             Target::Local if is_ec(c.op) && !sh.owns(c.oid) => own_peer_addr(c.oid)?,
             Target::Local => {
+                if needs_ready(c) {
+                    Box::pin(crate::recovery::ready(sh, c.oid, c.geometry as usize)).await?;
+                }
+                // Copies record the epoch of their last write (recovery compares them).
+                let meta = WriteMeta {
+                    epoch: epoch.max(c.meta.epoch),
+                    ..c.meta
+                };
                 return Ok(match c.op {
                     Op::Write => {
-                        sh.write_if(c.oid, c.offset, c.payload, c.meta, c.must_exist())
+                        sh.write_if(c.oid, c.offset, c.payload, meta, c.must_exist())
                             .await?;
                         Reply::Done
                     }
                     Op::Read => Reply::Data(sh.read(c.oid, c.offset, c.len).await?),
                     Op::Discard => {
-                        sh.discard(c.oid, c.offset, c.len, c.meta).await?;
+                        sh.discard(c.oid, c.offset, c.len, meta).await?;
                         Reply::Done
                     }
                     Op::Remove => {
@@ -277,7 +296,7 @@ impl Gateway {
                     | Op::FragRemove
                     | Op::EcWrite
                     | Op::EcCheck => Reply::Data(Box::pin(crate::ec::serve(sh, c)).await?),
-                })
+                });
             }
             Target::Remote(addr) => addr,
         };
@@ -359,7 +378,7 @@ impl Gateway {
         self.settled(oid, || async {
             let (epoch, ts) = self.targets(oid, copies)?;
             for &(offset, data) in ranges {
-                let mut c = Call::new(Op::Write, oid);
+                let mut c = Call::new(Op::Write, oid).with_copies(copies);
                 c.offset = offset;
                 c.len = data.len() as u64;
                 c.meta = meta;
@@ -387,7 +406,7 @@ impl Gateway {
         let whole = offset == 0 && data.len() as u64 == meta.object_size;
         self.settled(oid, || async {
             let (epoch, ts) = self.targets(oid, copies)?;
-            let mut c = Call::new(Op::Write, oid);
+            let mut c = Call::new(Op::Write, oid).with_copies(copies);
             c.offset = offset;
             c.len = data.len() as u64;
             c.meta = meta;
@@ -433,6 +452,7 @@ impl Gateway {
     /// Tries the copies in order (this node's first) until one answers other than
     /// "not found"; `Ok(None)` if none has the object.
     async fn first_copy(&self, oid: u64, copies: usize, c: &Call<'_>) -> Result<Option<Reply>> {
+        let c = &c.with_copies(copies);
         self.settled(oid, || async {
             let (epoch, ts) = self.targets(oid, copies)?;
             let mut failed = None;
@@ -503,6 +523,7 @@ impl Gateway {
 
     /// Runs `c` on every copy; a copy that does not exist counts as done.
     async fn on_all(&self, oid: u64, copies: usize, c: &Call<'_>) -> Result<()> {
+        let c = &c.with_copies(copies);
         self.settled(oid, || async {
             let (epoch, ts) = self.targets(oid, copies)?;
             for r in join_all(ts.iter().map(|&t| self.exec(epoch, t, c))).await {
@@ -537,6 +558,110 @@ impl Gateway {
     pub async fn remove(&self, oid: u64, copies: usize) -> Result<()> {
         let _object = lock_range(oid, 0, u64::MAX).await;
         self.on_all(oid, copies, &Call::new(Op::Remove, oid)).await
+    }
+
+    /// Compares the copy of `oid` on every target (each brings its own up to date
+    /// first, see [`crate::recovery::ready`]) with the first target's, which orders the
+    /// object's writes. With `repair`, a missing or different copy is replaced by the
+    /// first one (holes stay holes). Counts objects: `consistent` if every target held
+    /// the same bytes, `unplaced` copies the zones cannot hold.
+    pub async fn check_copies(&self, oid: u64, copies: usize, repair: bool) -> Result<CheckReport> {
+        let _object = lock_range(oid, 0, u64::MAX).await;
+        self.settled(oid, || async {
+            let (epoch, ts) = self.targets(oid, copies)?;
+            let mut r = CheckReport::default();
+            let stat = Call::new(Op::Stat, oid).with_copies(copies);
+            let stats = join_all(ts.iter().map(|&t| self.exec(epoch, t, &stat))).await;
+            let mut infos = Vec::with_capacity(ts.len());
+            for s in stats {
+                match s? {
+                    Reply::Stat(i) => infos.push(i),
+                    _ => return Err(StoreError::Invalid("stat answer expected".into()).into()),
+                }
+            }
+            let Some(info) = infos.iter().find_map(|s| *s) else {
+                return Ok(r);
+            };
+            r.objects = 1;
+            r.unplaced = copies.saturating_sub(ts.len()) as u64;
+            let mut read = Call::new(Op::Read, oid).with_copies(copies);
+            read.len = info.size;
+            // Each copy's bytes; None if missing or if it failed its checksum.
+            let mut images = Vec::with_capacity(ts.len());
+            for (t, s) in ts.iter().zip(&infos) {
+                images.push(match s {
+                    Some(_) => match self.exec(epoch, *t, &read).await {
+                        Ok(Reply::Data(d)) => Some(d),
+                        Ok(_) => {
+                            return Err(StoreError::Invalid("data answer expected".into()).into())
+                        }
+                        Err(RpcError::Store(StoreError::Checksum { .. })) => None,
+                        Err(e) => return Err(e),
+                    },
+                    None => None,
+                });
+            }
+            let Some(first) = images.iter().position(Option::is_some) else {
+                r.lost = 1;
+                return Ok(r);
+            };
+            let basis = images[first].clone().unwrap_or_default();
+            let bad: Vec<Target> = ts
+                .iter()
+                .zip(&images)
+                .filter(|(_, img)| img.as_deref() != Some(basis.as_slice()))
+                .map(|(t, _)| *t)
+                .collect();
+            if bad.is_empty() {
+                r.consistent = 1;
+                return Ok(r);
+            }
+            tracing::warn!(
+                oid = format!("{oid:#018x}"),
+                copies = bad.len(),
+                "copies differ from the first target's or are missing"
+            );
+            if !repair {
+                return Ok(r);
+            }
+            let mut ext = Call::new(Op::Extents, oid).with_copies(copies);
+            ext.len = info.size;
+            let runs = match self.exec(epoch, ts[first], &ext).await? {
+                Reply::Extents(e) => e,
+                _ => return Err(StoreError::Invalid("extents answer expected".into()).into()),
+            };
+            let meta = WriteMeta {
+                object_size: info.size,
+                version: info.version,
+                epoch,
+            };
+            for t in bad {
+                self.exec(epoch, t, &Call::new(Op::Remove, oid)).await?;
+                let mut at = 0u64;
+                let mut wrote = false;
+                for &(len, data) in &runs {
+                    if data {
+                        let mut w = Call::new(Op::Write, oid).with_copies(copies);
+                        w.offset = at;
+                        w.len = len;
+                        w.meta = meta;
+                        w.payload = &basis[at as usize..(at + len) as usize];
+                        self.exec(epoch, t, &w).await?;
+                        wrote = true;
+                    }
+                    at += len;
+                }
+                if !wrote {
+                    let mut d = Call::new(Op::Discard, oid).with_copies(copies);
+                    d.len = info.size;
+                    d.meta = meta;
+                    self.exec(epoch, t, &d).await?;
+                }
+            }
+            r.repaired = 1;
+            Ok(r)
+        })
+        .await
     }
 
     /// Every object on every member (sorted, each once).

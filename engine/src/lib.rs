@@ -26,6 +26,7 @@ pub mod index;
 pub mod node;
 pub mod partition;
 pub mod peer;
+pub mod recovery;
 pub mod shard;
 pub mod store;
 pub mod vdi;

@@ -1,23 +1,26 @@
 //! One node's answers to admin requests (`dog`): cluster format, info and shutdown, node
-//! list/info/kill, object location and the VDI commands. Runs on the caller's thread and
-//! reaches the store through `Store::run_on`. Cluster-wide commands are sent on to every
-//! member as node-local requests (`NodeFormat`, `NodeStat`, ...), answered without the
-//! admin lock so that two coordinators cannot wait on each other. The commands `dog`
-//! sends are serialised by one lock (they are rare and must not race each other, e.g.
-//! two creates of one name). The data path never takes it.
+//! list/info/kill, recovery state and control, object location and the VDI commands.
+//! Runs on the caller's thread and reaches the store through `Store::run_on`.
+//! Cluster-wide commands are sent on to every member as node-local requests
+//! (`NodeFormat`, `NodeStat`, ...), answered without the admin lock so that two
+//! coordinators cannot wait on each other. The commands `dog` sends are serialised by
+//! one lock (they are rare and must not race each other, e.g. two creates of one
+//! name). The data path never takes it.
 
 use crate::cluster::runtime::Cluster;
 use crate::cluster::view::ClusterView;
 use crate::export::{self, VdiProvider};
 use crate::gateway::Gateway;
 use crate::partition::WriteMeta;
+use crate::recovery;
 use crate::store::{fs_space, Store};
 use crate::vdi::{self, VdiError};
 use crate::StoreError;
 use bytemuck::{Pod, Zeroable};
 use collie_net::admin::{
-    AdminClient, ClusterFormatInfo, ClusterInfo, CopyInfo, EpochEntry, ErrorCode, NodeEntry,
-    NodeInfo, NodeStat, ObjectLocation, Request, Response, VdiInfo, MAX_DATA,
+    AdminClient, AdminError, ClusterFormatInfo, ClusterInfo, CopyInfo, EpochEntry, ErrorCode,
+    MemberRecovery, NodeEntry, NodeInfo, NodeStat, ObjectLocation, RecoveryStat, Request, Response,
+    VdiInfo, MAX_DATA,
 };
 use collie_net::nbd::{BlockExport, ExportProvider};
 use collie_placement::ids::cluster_oid;
@@ -45,6 +48,14 @@ pub struct Node {
 
 /// How long a node waits for another member's answer to a forwarded command.
 const FORWARD_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How long a status question (a member's recovery state, for `dog cluster info` and
+/// `dog node recovery`) waits for one member. A member that does not answer in time is
+/// reported as silent: well inside dog's own timeout, and inside the 5 s a joining
+/// sheep gives `ClusterInfo` (its own admin port is not served yet when it asks).
+const STATUS_TIMEOUT: Duration = Duration::from_secs(2);
+/// Members asked at once for their status (one thread each).
+const STATUS_FANOUT: usize = 16;
 
 const FORMAT_MAGIC: u32 = u32::from_le_bytes(*b"CLFM");
 const FORMAT_VERSION: u16 = 2;
@@ -131,6 +142,90 @@ fn vdi_error(e: VdiError) -> Response {
 
 fn store_error(e: StoreError) -> Response {
     vdi_error(VdiError::Store(e))
+}
+
+/// This node's recovery state, as the admin protocol carries it.
+fn recovery_stat() -> RecoveryStat {
+    let p = recovery::progress();
+    RecoveryStat {
+        epoch: p.epoch,
+        complete: p.complete,
+        objects_total: p.objects_total,
+        objects_done: p.objects_done,
+        bytes: p.bytes,
+        enabled: p.enabled,
+        rate: p.rate,
+    }
+}
+
+/// Asks another member for its recovery state; `Err` says why there is none.
+fn ask_recovery(id: NodeId) -> Result<RecoveryStat, String> {
+    // One phrase: a timeout said as such, no "(os error N)" suffix.
+    let io = |e: &std::io::Error| match e.kind() {
+        std::io::ErrorKind::TimedOut | std::io::ErrorKind::WouldBlock => {
+            format!("no answer within {} s", STATUS_TIMEOUT.as_secs())
+        }
+        _ => {
+            let s = e.to_string();
+            match s.find(" (os error ") {
+                Some(i) => s[..i].to_string(),
+                None => s,
+            }
+        }
+    };
+    let mut c = AdminClient::connect(&id.addr().to_string(), id.port(), STATUS_TIMEOUT)
+        .map_err(|e| io(&e))?;
+    match c.call(&Request::RecoveryStat) {
+        Ok(Response::Recovery(s)) => Ok(s),
+        Ok(Response::Error { message, .. }) => Err(message),
+        Ok(_) => Err("unexpected answer to a recovery query".into()),
+        Err(AdminError::Io(e)) => Err(io(&e)),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// Every member's recovery state, by id, asked in parallel (at most `STATUS_FANOUT` at
+/// a time) with `STATUS_TIMEOUT` each: a silent member is an entry saying so, never a
+/// failure of the whole answer.
+fn members_recovery(v: &ClusterView) -> Vec<MemberRecovery> {
+    let members: Vec<(usize, NodeId, bool)> = v
+        .members
+        .iter()
+        .enumerate()
+        .map(|(i, m)| (i, m.id, v.is_me(i)))
+        .collect();
+    let mut out = Vec::with_capacity(members.len());
+    for batch in members.chunks(STATUS_FANOUT) {
+        std::thread::scope(|s| {
+            let asked: Vec<_> = batch
+                .iter()
+                .map(|&(i, id, me)| {
+                    let thread = (!me).then(|| {
+                        std::thread::Builder::new()
+                            .name("recovery-stat".into())
+                            .spawn_scoped(s, move || ask_recovery(id))
+                    });
+                    (i, id, thread)
+                })
+                .collect();
+            for (i, id, thread) in asked {
+                let stat = match thread {
+                    None => Ok(recovery_stat()),
+                    Some(Ok(t)) => t
+                        .join()
+                        .unwrap_or_else(|_| Err("the recovery query failed".into())),
+                    // No thread to spare: ask from here.
+                    Some(Err(_)) => ask_recovery(id),
+                };
+                out.push(MemberRecovery {
+                    id: i as u32,
+                    addr: id.to_string(),
+                    stat,
+                });
+            }
+        });
+    }
+    out
 }
 
 fn info(ino: &vdi::Inode, used: u64) -> VdiInfo {
@@ -244,6 +339,8 @@ impl Node {
                 Ok(Response::Ok)
             }
             Request::NodeStop => Ok(Response::Ok),
+            Request::RecoveryStat => Ok(Response::Recovery(recovery_stat())),
+            Request::RecoverSet { enabled, rate } => self.recover_set(enabled, rate),
             req => {
                 let _serial = self.admin.lock().unwrap_or_else(|p| p.into_inner());
                 self.handle_locked(req)
@@ -363,6 +460,25 @@ impl Node {
         Ok(Response::Ok)
     }
 
+    /// Pauses or resumes this node's recovery and/or changes its rate limit (each
+    /// member's share of `dog cluster recover`).
+    fn recover_set(&self, enabled: Option<bool>, rate: Option<u64>) -> Result<Response, Response> {
+        if enabled.is_none() && rate.is_none() {
+            return Err(error(
+                ErrorCode::Invalid,
+                "a recover request changes nothing: give enabled and/or rate",
+            ));
+        }
+        if let Some(on) = enabled {
+            recovery::set_enabled(on);
+        }
+        if let Some(r) = rate {
+            recovery::set_rate(r);
+        }
+        tracing::info!(?enabled, rate_bytes_per_sec = ?rate, "recovery settings changed");
+        Ok(Response::Ok)
+    }
+
     fn node_stat(&self) -> Result<NodeStat, Response> {
         let stats = self.store.stats().map_err(store_error)?;
         let (_, avail) = fs_space(self.store.dir());
@@ -444,10 +560,16 @@ impl Node {
                         nodes: r.members.iter().map(NodeId::to_string).collect(),
                     })
                     .collect();
+                // Before the format there is nothing to recover.
+                let recovery = match (&formatted, self.cluster.view()) {
+                    (Some(_), Some(v)) => members_recovery(&v),
+                    _ => Vec::new(),
+                };
                 Ok(Response::ClusterInfo(ClusterInfo {
                     formatted,
                     waiting_for,
                     epochs,
+                    recovery,
                 }))
             }
             Request::ClusterShutdown => {
@@ -459,6 +581,21 @@ impl Node {
                         tracing::warn!("cluster shutdown: {e:?}");
                     }
                 }
+                Ok(Response::Ok)
+            }
+            Request::NodeRecovery => {
+                let v = self.view()?;
+                Ok(Response::NodeRecovery(members_recovery(&v)))
+            }
+            Request::ClusterRecover { enabled, rate } => {
+                if enabled.is_none() && rate.is_none() {
+                    return Err(error(
+                        ErrorCode::Invalid,
+                        "a recover request changes nothing: give enabled and/or rate",
+                    ));
+                }
+                let v = self.view()?;
+                self.on_every_member(&v, &Request::RecoverSet { enabled, rate })?;
                 Ok(Response::Ok)
             }
             Request::NodeList => {
@@ -646,7 +783,9 @@ impl Node {
             | Request::NodeStat
             | Request::ObjectCopy { .. }
             | Request::EpochFreeze
-            | Request::NodeStop => Err(error(ErrorCode::Internal, "misrouted request")),
+            | Request::NodeStop
+            | Request::RecoveryStat
+            | Request::RecoverSet { .. } => Err(error(ErrorCode::Internal, "misrouted request")),
         }
     }
 

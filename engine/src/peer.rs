@@ -143,7 +143,18 @@ async fn serve_connection(mut s: TcpStream, sh: &Rc<Shard>) -> std::result::Resu
         let (st, out) = if epoch == 0 || h.epoch != epoch {
             (status::WRONG_EPOCH, Vec::new())
         } else {
-            match serve_op(sh, &h, &payload).await {
+            let served = if h.flags & collie_net::peer::FLAG_RECOVERY != 0 {
+                // Another node's recovery: after this shard's clients.
+                let (sh2, h2) = (sh.clone(), h);
+                let task = async move { serve_op(&sh2, &h2, &payload).await };
+                match glommio::spawn_local_into(task, crate::recovery::queue()) {
+                    Ok(t) => t.await,
+                    Err(e) => Err(RpcError::Retry(format!("recovery queue: {e}"))),
+                }
+            } else {
+                serve_op(sh, &h, &payload).await
+            };
+            match served {
                 Ok(out) => (status::OK, out),
                 Err(RpcError::Store(e)) => {
                     if !matches!(e, StoreError::NotFound(_)) {
@@ -176,6 +187,7 @@ fn status_of(e: &StoreError) -> u32 {
         StoreError::Invalid(_) | StoreError::OutOfRange(_) => status::INVALID,
         StoreError::Checksum { .. } => status::CHECKSUM,
         StoreError::Closed => status::SHUTTING_DOWN,
+        StoreError::NotReady(_) => status::WRONG_EPOCH,
         StoreError::Io { .. } | StoreError::Incompatible { .. } => status::IO,
     }
 }
@@ -194,6 +206,15 @@ async fn serve_op(
             "peer read of {len} bytes exceeds the {MAX_PAYLOAD}-byte frame"
         ))
     };
+    let c = Call::of_frame(h, payload);
+    if crate::gateway::needs_ready(&c) {
+        crate::recovery::ready(sh, h.oid, h.geometry as usize).await?;
+    } else if c.from_recovery() && crate::recovery::settling(h.oid) {
+        // Half a copy is no source for another node's.
+        return Err(
+            StoreError::NotReady(format!("{:#018x} is being brought up to date", h.oid)).into(),
+        );
+    }
     match h.op() {
         Op::Write => {
             let must_exist = h.flags & FLAG_MUST_EXIST != 0;
@@ -232,7 +253,7 @@ async fn serve_op(
         | Op::FragProbe
         | Op::FragRemove
         | Op::EcWrite
-        | Op::EcCheck => crate::ec::serve(sh, &Call::of_frame(h, payload)).await,
+        | Op::EcCheck => crate::ec::serve(sh, &c).await,
     }
 }
 
@@ -264,6 +285,7 @@ thread_local! {
 }
 
 /// A request to a peer shard: header fields the op uses, and the payload.
+#[derive(Clone, Copy)]
 pub struct Call<'a> {
     pub op: Op,
     pub oid: u64,
@@ -272,7 +294,7 @@ pub struct Call<'a> {
     pub meta: WriteMeta,
     /// `collie_net::peer::FLAG_*` request flags.
     pub flags: u8,
-    /// Erasure-coded ops: data << 8 | parity.
+    /// Erasure-coded ops: data << 8 | parity. Replicated ops: the object's copies.
     pub geometry: u32,
     pub payload: &'a [u8],
 }
@@ -297,6 +319,17 @@ impl<'a> Call<'a> {
 
     pub fn must_exist(&self) -> bool {
         self.flags & FLAG_MUST_EXIST != 0
+    }
+
+    /// Sent by recovery: see [`collie_net::peer::FLAG_RECOVERY`].
+    pub fn from_recovery(&self) -> bool {
+        self.flags & collie_net::peer::FLAG_RECOVERY != 0
+    }
+
+    /// The same call for an object placed with `copies` copies.
+    pub fn with_copies(mut self, copies: usize) -> Call<'a> {
+        self.geometry = u32::try_from(copies).unwrap_or(0);
+        self
     }
 
     /// The call a request frame carries (the server runs local and remote calls alike).

@@ -70,6 +70,12 @@ pub enum Op {
     },
     List,
     Stats,
+    /// Bring this node's copy of a replicated object up to date before a request for
+    /// it (recovery; `copies` as the gateway placed it, 0 if unknown).
+    Ready {
+        oid: u64,
+        copies: usize,
+    },
 }
 
 /// The owner's answer.
@@ -151,7 +157,7 @@ impl Shard {
                             };
                             let shard = shard.clone();
                             glommio::spawn_local(async move {
-                                let result = shard.execute(op).await;
+                                let result = shard.serve_mesh_request(op).await;
                                 let _permit = permit;
                                 if let Some(m) = &shard.mesh {
                                     let _ = m.senders.send_to(peer, Msg::Resp { id, result }).await;
@@ -255,6 +261,21 @@ impl Shard {
                 self.partitions.values().flat_map(|p| p.list()).collect(),
             )),
             Op::Stats => Ok(Reply::Stats(self.local_stats())),
+            // Needs the shard's `Rc`: served by `serve_mesh_request`.
+            Op::Ready { .. } => Err(StoreError::Invalid("ready outside the mesh".into())),
+        }
+    }
+
+    async fn serve_mesh_request(self: &Rc<Self>, op: Op) -> Result<Reply> {
+        match op {
+            Op::Ready { oid, copies } => crate::recovery::ready_here(self, oid, copies)
+                .await
+                .map(|_| Reply::Done)
+                .map_err(|e| match e {
+                    crate::peer::RpcError::Store(e) => e,
+                    e => StoreError::NotReady(e.to_string()),
+                }),
+            op => self.execute(op).await,
         }
     }
 
@@ -391,6 +412,14 @@ impl Shard {
             }
         }
         Ok(t)
+    }
+
+    /// [`crate::recovery::ready`] for an object another shard owns.
+    pub(crate) async fn ready_on_owner(&self, oid: u64, copies: usize) -> Result<()> {
+        let (_, owner) = self.route(oid);
+        self.remote(owner, Op::Ready { oid, copies })
+            .await
+            .map(|_| ())
     }
 
     async fn call(&self, oid: u64, op: Op) -> Result<Reply> {

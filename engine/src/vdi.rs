@@ -345,21 +345,24 @@ pub async fn delete(gw: &Gateway, name: &str) -> Result<()> {
     write_inode(gw, &inode).await
 }
 
-/// Verifies every object of a VDI at its primary (and repairs, if asked). Erasure-coded
-/// VDIs only: replicated copies are compared by the recovery work (not done yet).
+/// Verifies every object of a VDI (and repairs, if asked): erasure-coded objects at
+/// their primary (every stripe decodes, parity matches, every fragment on its target);
+/// replicated ones by comparing the copy on every target with the first target's.
 pub async fn check(gw: &Gateway, name: &str, repair: bool) -> Result<CheckReport> {
     let inode = lookup(gw, name).await?;
-    let Objects::Erasure(lay) = Objects::of(&inode)? else {
-        return Err(VdiError::Invalid(format!(
-            "'{name}' is replicated: dog vdi check verifies erasure-coded VDIs so far"
-        )));
-    };
+    let objects = Objects::of(&inode)?;
     if repair {
         restore_inode(gw, &inode).await?;
     }
     let mut report = CheckReport::default();
     for chunk in data_objects(gw, inode.vid).await?.chunks(FAN_OUT) {
-        for r in join_all(chunk.iter().map(|&oid| gw.ec_check(oid, &lay, repair))).await {
+        let checks = chunk.iter().map(|&oid| async move {
+            match objects {
+                Objects::Erasure(lay) => gw.ec_check(oid, &lay, repair).await,
+                Objects::Replicated { copies } => gw.check_copies(oid, copies, repair).await,
+            }
+        });
+        for r in join_all(checks).await {
             report += r?;
         }
     }

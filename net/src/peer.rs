@@ -72,6 +72,10 @@ pub const FLAG_CREATE: u8 = 4;
 pub const FLAG_ZEROS: u8 = 8;
 /// Flag in EcCheck requests: rewrite what is missing or wrong.
 pub const FLAG_REPAIR: u8 = 16;
+/// Flag of requests recovery sends: Stat, Read and Extents answer from the copy as it
+/// is, without first bringing it up to date (which would ask the sender back); an
+/// EcCheck is skipped if the primary already completed one at this epoch.
+pub const FLAG_RECOVERY: u8 = 32;
 
 /// Status of a response: 0, or one of these.
 pub mod status {
@@ -108,7 +112,9 @@ pub struct PeerHeader {
     pub obj_version: u64,
     pub payload_len: u32,
     pub payload_crc: u32,
-    /// Erasure-coded ops: data fragments << 8 | parity fragments; 0 otherwise.
+    /// Erasure-coded ops: data fragments << 8 | parity fragments. Replicated ops: the
+    /// number of copies the gateway placed the object with (0: unknown), so that the
+    /// target can tell whether its copy missed writes while it was not a target.
     pub geometry: u32,
     /// CRC32C of the 76 bytes before it.
     pub header_crc: u32,

@@ -8,7 +8,8 @@ use std::fmt::Write as _;
 
 use collie_net::admin::MAX_NAME;
 use collie_net::admin::{
-    AdminError, CheckReport, ClusterInfo, NodeEntry, NodeInfo, ObjectLocation, VdiInfo,
+    AdminError, CheckReport, ClusterInfo, MemberRecovery, NodeEntry, NodeInfo, ObjectLocation,
+    RecoveryStat, VdiInfo,
 };
 use collie_placement::Redundancy;
 
@@ -36,7 +37,21 @@ pub enum Command {
         raw: bool,
     },
     ClusterShutdown,
+    /// `cluster recover enable|disable|rate RATE`: change recovery on every node.
+    ClusterRecover {
+        enabled: Option<bool>,
+        /// Bytes per second; 0 is no limit.
+        rate: Option<u64>,
+    },
+    /// `cluster recover info`: each node's recovery switch and rate.
+    ClusterRecoverInfo {
+        raw: bool,
+    },
     NodeInfo {
+        raw: bool,
+    },
+    /// `node recovery`: each node's recovery progress in the current epoch.
+    NodeRecovery {
         raw: bool,
     },
     NodeList {
@@ -80,7 +95,7 @@ pub enum Command {
         index: u64,
         raw: bool,
     },
-    /// `vdi check`: verify every stripe and repair what is wrong (as Sheepdog does).
+    /// `vdi check`: verify every copy or stripe and repair what is wrong (as Sheepdog does).
     VdiCheck {
         name: String,
         raw: bool,
@@ -173,12 +188,17 @@ struct CmdSpec {
 
 /// Sheepdog's command tree, the part Collie implements.
 #[rustfmt::skip]
-const COMMANDS: [CmdSpec; 14] = [
+const COMMANDS: [CmdSpec; 19] = [
     cmd("cluster", "format", &[Opt::Copies, Opt::Force], "", 0, 0, "format the cluster (default redundancy: 3 copies)"),
-    cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, creation time and epoch history"),
+    cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, recovery, creation time and epoch history"),
     cmd("cluster", "shutdown", &[], "", 0, 0, "stop every sheep cleanly"),
+    cmd("cluster", "recover info", &[Opt::Raw], "", 0, 0, "show whether each node recovers, and at what rate"),
+    cmd("cluster", "recover enable", &[], "", 0, 0, "resume background recovery on every node"),
+    cmd("cluster", "recover disable", &[], "", 0, 0, "pause background recovery on every node (objects clients use are still recovered)"),
+    cmd("cluster", "recover rate", &[], "RATE", 1, 1, "limit each node's recovery to RATE bytes per second (0: no limit)"),
     cmd("node", "list", &[Opt::Raw], "", 0, 0, "list the nodes of the cluster"),
     cmd("node", "info", &[Opt::Raw], "", 0, 0, "show each node's disk use"),
+    cmd("node", "recovery", &[Opt::Raw], "", 0, 0, "show each node's recovery progress"),
     cmd("node", "kill", &[], "ID", 1, 1, "stop the node with this Id (see 'dog node list')"),
     cmd("vdi", "create", &[Opt::Copies], "NAME SIZE", 2, 2, "create a VDI (SIZE like 20G)"),
     cmd("vdi", "list", &[Opt::Raw], "[NAME]", 0, 1, "list VDIs"),
@@ -187,7 +207,7 @@ const COMMANDS: [CmdSpec; 14] = [
     cmd("vdi", "read", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy LEN bytes (default: to the end) of a VDI to stdout"),
     cmd("vdi", "write", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy stdin (LEN bytes, default: until EOF) into a VDI"),
     cmd("vdi", "object location", &[Opt::Raw], "NAME INDEX", 2, 2, "show which nodes hold object INDEX (0, 1, ...) of a VDI"),
-    cmd("vdi", "check", &[Opt::Raw], "NAME", 1, 1, "verify every stripe of an erasure-coded VDI and repair what is wrong"),
+    cmd("vdi", "check", &[Opt::Raw], "NAME", 1, 1, "verify every copy or stripe of a VDI and repair what is wrong"),
 ];
 
 const fn cmd(
@@ -318,7 +338,8 @@ pub fn help_text() -> String {
         writeln!(out, "  {:<width$}  {}", flag(s), s.about).ok();
     }
     out.push_str(
-        "\nSIZE, OFFSET and LEN are bytes, or take a K, M, G, T or P suffix (1024-based).\n",
+        "\nSIZE, OFFSET and LEN are bytes, or take a K, M, G, T or P suffix (1024-based).\n\
+         RATE is bytes per second, with the same suffixes (100M).\n",
     );
     out
 }
@@ -509,7 +530,30 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
         },
         ("cluster", "info") => Command::ClusterInfo { raw: seen.raw },
         ("cluster", "shutdown") => Command::ClusterShutdown,
+        ("cluster", "recover info") => Command::ClusterRecoverInfo { raw: seen.raw },
+        ("cluster", "recover enable") => Command::ClusterRecover {
+            enabled: Some(true),
+            rate: None,
+        },
+        ("cluster", "recover disable") => Command::ClusterRecover {
+            enabled: Some(false),
+            rate: None,
+        },
+        ("cluster", "recover rate") => {
+            let r = args[0];
+            let rate = parse_size(r).map_err(|_| {
+                cmd_err(format!(
+                    "invalid rate '{r}': give bytes per second as a whole number with an \
+                     optional K, M, G, T or P suffix (1024-based), e.g. 100M; 0 is no limit"
+                ))
+            })?;
+            Command::ClusterRecover {
+                enabled: None,
+                rate: Some(rate),
+            }
+        }
         ("node", "info") => Command::NodeInfo { raw: seen.raw },
+        ("node", "recovery") => Command::NodeRecovery { raw: seen.raw },
         ("node", "list") => Command::NodeList { raw: seen.raw },
         ("node", "kill") => {
             let id = number(0, "node id", " (see 'dog node list')")?;
@@ -607,6 +651,10 @@ pub fn format_time(secs: u64, fmt: &CStr, tz: TimeZone) -> String {
 /// After a restart the cluster serves nothing until every member of the last epoch is
 /// back: the status says so and the members still missing follow it, as
 /// `Waiting for nodes: A, B` (raw: one `waiting ADDR` line each, before the epochs).
+///
+/// A formatted cluster's recovery follows the redundancy, as
+/// `Cluster recovery: enabled, complete` (see [`recovery_summary`]). Raw output leaves
+/// it out, so its lines stay what scripts parse; they use `dog node recovery -r`.
 pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String {
     let mut out = String::new();
     let label = if raw { "" } else { "Cluster status: " };
@@ -631,6 +679,9 @@ pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String 
     }
     if !raw {
         writeln!(out, "Cluster default redundancy: {}", f.default_redundancy).ok();
+        if let Some(r) = recovery_summary(&ci.recovery) {
+            writeln!(out, "Cluster recovery: {r}").ok();
+        }
         writeln!(
             out,
             "\nCluster created at {}\n",
@@ -650,6 +701,230 @@ pub fn format_cluster_info(ci: &ClusterInfo, raw: bool, tz: TimeZone) -> String 
             write!(out, "{time} {:6}", e.epoch).ok();
         }
         writeln!(out, " [{}]", nodes.join(", ")).ok();
+    }
+    out
+}
+
+/// One node's recovery state: `complete` once it holds everything placement gives it
+/// in the epoch, `paused` when unfinished and disabled, `running` otherwise.
+pub fn recovery_state(s: &RecoveryStat) -> &'static str {
+    if s.complete {
+        "complete"
+    } else if !s.enabled {
+        "paused"
+    } else {
+        "running"
+    }
+}
+
+/// Objects done of the total as a percentage with one decimal, rounded down (`61.7%`);
+/// a complete recovery is 100%, one that has not counted its objects yet 0%.
+pub fn recovery_progress(s: &RecoveryStat) -> String {
+    if s.complete {
+        return "100.0%".into();
+    }
+    if s.objects_total == 0 {
+        return "0.0%".into();
+    }
+    let done = s.objects_done.min(s.objects_total);
+    let permille = u128::from(done) * 1000 / u128::from(s.objects_total);
+    format!("{}.{}%", permille / 10, permille % 10)
+}
+
+/// A recovery rate limit for people: `unlimited` for 0, else bytes per second in the
+/// units of the tables (`100 MB/s`), in B/s or KB/s below a megabyte.
+pub fn format_rate(bytes_per_sec: u64) -> String {
+    const K: u64 = 1 << 10;
+    const M: u64 = 1 << 20;
+    match bytes_per_sec {
+        0 => "unlimited".into(),
+        n if n < K => format!("{n} B/s"),
+        n if n < M => {
+            let k = n as f64 / K as f64;
+            if k >= 10.0 {
+                format!("{k:.0} KB/s")
+            } else {
+                format!("{k:.1} KB/s")
+            }
+        }
+        n => format!("{}/s", format_size(n)),
+    }
+}
+
+/// The members' recovery as one phrase for `dog cluster info`: whether it is enabled
+/// (`enabled on 2 of 3 nodes` when the nodes disagree) and whether it is `running`
+/// (on any node), `paused` (unfinished only where disabled) or `complete`, then the
+/// nodes that did not answer. `None` for no members (an unformatted cluster).
+pub fn recovery_summary(members: &[MemberRecovery]) -> Option<String> {
+    if members.is_empty() {
+        return None;
+    }
+    let stats: Vec<&RecoveryStat> = members
+        .iter()
+        .filter_map(|m| m.stat.as_ref().ok())
+        .collect();
+    let silent: Vec<&str> = members
+        .iter()
+        .filter(|m| m.stat.is_err())
+        .map(|m| m.addr.as_str())
+        .collect();
+    let mut out = if stats.is_empty() {
+        "unknown".to_string()
+    } else {
+        let on = stats.iter().filter(|s| s.enabled).count();
+        let enabled = if on == stats.len() {
+            "enabled".to_string()
+        } else if on == 0 {
+            "disabled".to_string()
+        } else {
+            format!("enabled on {on} of {} nodes", stats.len())
+        };
+        let state = if stats.iter().any(|s| recovery_state(s) == "running") {
+            "running"
+        } else if stats.iter().any(|s| !s.complete) {
+            "paused"
+        } else {
+            "complete"
+        };
+        format!("{enabled}, {state}")
+    };
+    if !silent.is_empty() {
+        write!(out, " (no answer from {})", silent.join(", ")).ok();
+    }
+    Some(out)
+}
+
+/// One warning line per node that did not tell its recovery state, with its reason.
+pub fn recovery_notes(members: &[MemberRecovery]) -> Vec<String> {
+    let mut rows: Vec<&MemberRecovery> = members.iter().collect();
+    rows.sort_by_key(|m| m.id);
+    rows.into_iter()
+        .filter_map(|m| {
+            let why = m.stat.as_ref().err()?;
+            Some(format!(
+                "Note: node {} ({}) did not answer: {why}",
+                m.id, m.addr
+            ))
+        })
+        .collect()
+}
+
+/// The header `dog node recovery` prints above its rows (not in raw mode).
+pub const NODE_RECOVERY_HEADER: &str =
+    "  Id   Host:Port             Epoch  State             Objects  Progress    Bytes\n";
+
+/// `dog node recovery`: each member (by id) with the epoch its recovery is for, its
+/// state (`complete`, `running`, `paused`, or `unknown` when it did not answer),
+/// objects done/total, progress and bytes recovered onto it; then a note per node that
+/// did not answer. Raw lines are `IDX ADDR EPOCH STATE DONE TOTAL BYTES`, bytes in
+/// bytes and `-` for what an unanswered node did not say; the caller prints the notes
+/// (stderr).
+pub fn format_node_recovery(members: &[MemberRecovery], raw: bool) -> String {
+    let mut rows: Vec<&MemberRecovery> = members.iter().collect();
+    rows.sort_by_key(|m| m.id);
+    let mut out = String::new();
+    if !raw {
+        out.push_str(NODE_RECOVERY_HEADER);
+    }
+    for m in rows {
+        match (&m.stat, raw) {
+            (Ok(s), true) => writeln!(
+                out,
+                "{} {} {} {} {} {} {}",
+                m.id,
+                escape(&m.addr),
+                s.epoch,
+                recovery_state(s),
+                s.objects_done,
+                s.objects_total,
+                s.bytes
+            ),
+            (Err(_), true) => writeln!(out, "{} {} - unknown - - -", m.id, escape(&m.addr)),
+            (Ok(s), false) => writeln!(
+                out,
+                "{:4}   {:<20} {:6}  {:<8} {:>16} {:>9} {:>8}",
+                m.id,
+                m.addr,
+                s.epoch,
+                recovery_state(s),
+                format!("{}/{}", s.objects_done, s.objects_total),
+                recovery_progress(s),
+                format_size(s.bytes)
+            ),
+            (Err(_), false) => writeln!(
+                out,
+                "{:4}   {:<20} {:>6}  {:<8} {:>16} {:>9} {:>8}",
+                m.id, m.addr, "-", "unknown", "-", "-", "-"
+            ),
+        }
+        .ok();
+    }
+    if !raw {
+        let notes = recovery_notes(members);
+        if !notes.is_empty() {
+            out.push('\n');
+            for n in notes {
+                out.push_str(&n);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// The header `dog cluster recover info` prints above its rows (not in raw mode).
+pub const RECOVER_INFO_HEADER: &str = "  Id   Host:Port            Recovery  Max rate\n";
+
+/// `dog cluster recover info`: each member's recovery switch (`enabled`, `disabled`,
+/// or `unknown` when it did not answer) and rate limit, then a note per node that did
+/// not answer. Raw lines are `IDX ADDR enabled|disabled|unknown RATE`, RATE in bytes
+/// per second (0: no limit, `-`: unknown); the caller prints the notes (stderr).
+pub fn format_recover_info(members: &[MemberRecovery], raw: bool) -> String {
+    let mut rows: Vec<&MemberRecovery> = members.iter().collect();
+    rows.sort_by_key(|m| m.id);
+    let mut out = String::new();
+    if !raw {
+        out.push_str(RECOVER_INFO_HEADER);
+    }
+    for m in rows {
+        let (switch, rate) = match &m.stat {
+            Ok(s) if s.enabled => ("enabled", Some(s.rate)),
+            Ok(s) => ("disabled", Some(s.rate)),
+            Err(_) => ("unknown", None),
+        };
+        if raw {
+            let rate = rate.map_or_else(|| "-".to_string(), |r| r.to_string());
+            writeln!(out, "{} {} {switch} {rate}", m.id, escape(&m.addr)).ok();
+        } else {
+            let rate = rate.map_or_else(|| "-".to_string(), format_rate);
+            writeln!(out, "{:4}   {:<20} {switch:<9} {rate}", m.id, m.addr).ok();
+        }
+    }
+    if !raw {
+        let notes = recovery_notes(members);
+        if !notes.is_empty() {
+            out.push('\n');
+            for n in notes {
+                out.push_str(&n);
+                out.push('\n');
+            }
+        }
+    }
+    out
+}
+
+/// What `dog cluster recover enable|disable|rate` prints once every node took it.
+pub fn recover_done(enabled: Option<bool>, rate: Option<u64>) -> String {
+    let mut out = String::new();
+    match enabled {
+        Some(true) => out.push_str("Cluster recovery: enabled\n"),
+        Some(false) => out.push_str(
+            "Cluster recovery: disabled (objects clients use are still brought up to date)\n",
+        ),
+        None => {}
+    }
+    if let Some(r) = rate {
+        writeln!(out, "Cluster recovery rate: {}", format_rate(r)).ok();
     }
     out
 }
@@ -710,6 +985,22 @@ pub fn format_check(name: &str, r: &CheckReport, raw: bool) -> String {
             "{} {} {} {} {} {}\n",
             r.objects, r.stripes, r.consistent, r.repaired, r.lost, r.unplaced
         );
+    }
+    if r.stripes == 0 {
+        // Replicated: counted in objects.
+        let mut out = format!(
+            "{name}: {} objects: {} consistent, {} repaired, {} lost\n",
+            r.objects, r.consistent, r.repaired, r.lost
+        );
+        if r.unplaced > 0 {
+            writeln!(
+                out,
+                "{} copies have no node to hold them: the cluster has fewer zones than copies",
+                r.unplaced
+            )
+            .ok();
+        }
+        return out;
     }
     let mut out = format!(
         "{name}: {} objects, {} stripes: {} consistent, {} repaired, {} lost\n",
@@ -1037,6 +1328,7 @@ mod tests {
                 "NAME" => "n",
                 "SIZE" => "1G",
                 "ID" | "INDEX" => "0",
+                "RATE" => "100M",
                 other => panic!("no sample value for {other}"),
             });
             line.extend(filler);
@@ -1335,7 +1627,9 @@ mod tests {
         assert_eq!(
             e.usage,
             "usage:\n  dog cluster format [-c N|D:P] [-f]\n  dog cluster info [-r]\n  \
-             dog cluster shutdown\nrun 'dog -h' for options\n"
+             dog cluster shutdown\n  dog cluster recover info [-r]\n  \
+             dog cluster recover enable\n  dog cluster recover disable\n  \
+             dog cluster recover rate RATE\nrun 'dog -h' for options\n"
         );
         assert!(usage_error(&[])
             .usage
@@ -1343,8 +1637,8 @@ mod tests {
         let e = usage_error(&["node"]);
         assert_eq!(
             e.usage,
-            "usage:\n  dog node list [-r]\n  dog node info [-r]\n  dog node kill ID\n\
-             run 'dog -h' for options\n"
+            "usage:\n  dog node list [-r]\n  dog node info [-r]\n  dog node recovery [-r]\n  \
+             dog node kill ID\nrun 'dog -h' for options\n"
         );
         let e = usage_error(&["node", "kill", "x"]);
         assert_eq!(e.usage, "usage: dog node kill ID\n");
@@ -1646,6 +1940,7 @@ Looking for the object 0x0072a1e200000001 (vid 0x72a1e2 idx 1, 3 copies) with 4 
                     "127.0.0.1:7002".into(),
                 ],
             }],
+            recovery: vec![],
         };
         let want = "\
 Cluster status: Waiting for other nodes to join cluster
@@ -1671,6 +1966,7 @@ waiting 127.0.0.1:7002
             formatted: None,
             waiting_for: vec!["127.0.0.1:7001".into()],
             epochs: vec![],
+            recovery: vec![],
         };
         assert_eq!(
             format_cluster_info(&bare, false, TimeZone::Utc),
@@ -1704,10 +2000,15 @@ waiting 127.0.0.1:7002
                     nodes: vec!["127.0.0.1:7000".into(), "127.0.0.1:7001".into()],
                 },
             ],
+            recovery: vec![
+                member(1, Ok(stat(2, true, true))),
+                member(0, Ok(stat(2, true, true))),
+            ],
         };
         let want = "\
 Cluster status: running
 Cluster default redundancy: 3
+Cluster recovery: enabled, complete
 
 Cluster created at Mon May 27 10:50:31 2013
 
@@ -1727,6 +2028,7 @@ running
             formatted: None,
             waiting_for: vec![],
             epochs: vec![],
+            recovery: vec![],
         };
         assert_eq!(
             format_cluster_info(&unformatted, false, TimeZone::Utc),
@@ -1736,6 +2038,328 @@ running
             format_cluster_info(&unformatted, true, TimeZone::Utc),
             "Waiting for cluster to be formatted\n"
         );
+    }
+
+    fn stat(epoch: u32, complete: bool, enabled: bool) -> RecoveryStat {
+        RecoveryStat {
+            epoch,
+            complete,
+            objects_total: 0,
+            objects_done: 0,
+            bytes: 0,
+            enabled,
+            rate: 0,
+        }
+    }
+
+    fn member(id: u32, stat: Result<RecoveryStat, &str>) -> MemberRecovery {
+        MemberRecovery {
+            id,
+            addr: format!("127.0.0.1:{}", 7000 + id),
+            stat: stat.map_err(str::to_string),
+        }
+    }
+
+    #[test]
+    fn parses_recovery_commands() {
+        assert_eq!(
+            cmd(&["node", "recovery"]),
+            Command::NodeRecovery { raw: false }
+        );
+        assert_eq!(
+            cmd(&["node", "recovery", "-r"]),
+            Command::NodeRecovery { raw: true }
+        );
+        assert_eq!(
+            cmd(&["cluster", "recover", "info", "--raw"]),
+            Command::ClusterRecoverInfo { raw: true }
+        );
+        assert_eq!(
+            cmd(&["cluster", "recover", "enable"]),
+            Command::ClusterRecover {
+                enabled: Some(true),
+                rate: None
+            }
+        );
+        assert_eq!(
+            cmd(&["-p", "7001", "cluster", "recover", "disable"]),
+            Command::ClusterRecover {
+                enabled: Some(false),
+                rate: None
+            }
+        );
+        for (arg, want) in [("100M", 100 * M), ("0", 0), ("4096", 4096), ("1g", G)] {
+            assert_eq!(
+                cmd(&["cluster", "recover", "rate", arg]),
+                Command::ClusterRecover {
+                    enabled: None,
+                    rate: Some(want)
+                },
+                "{arg}"
+            );
+        }
+        let cases: &[(&[&str], &str)] = &[
+            (
+                &["cluster", "recover"],
+                "'cluster recover' needs a subcommand",
+            ),
+            (
+                &["cluster", "recover", "pause"],
+                "unknown command 'cluster recover pause'",
+            ),
+            (
+                &["cluster", "recover", "rate"],
+                "'cluster recover rate' needs more arguments",
+            ),
+            (
+                &["cluster", "recover", "rate", "fast"],
+                "invalid rate 'fast'",
+            ),
+            (
+                &["cluster", "recover", "rate", "1.5M"],
+                "invalid rate '1.5M'",
+            ),
+            (&["cluster", "recover", "rate", "-1"], "unknown option '-1'"),
+            (
+                &["cluster", "recover", "rate", "1M", "2M"],
+                "too many arguments for 'cluster recover rate': '2M'",
+            ),
+            (
+                &["cluster", "recover", "enable", "now"],
+                "too many arguments",
+            ),
+            (
+                &["cluster", "recover", "disable", "-r"],
+                "-r/--raw does not apply to 'cluster recover disable'",
+            ),
+            (&["node", "recovery", "0"], "too many arguments"),
+            (&["node", "recovery", "-f"], "-f/--force does not apply"),
+        ];
+        for (line, want) in cases {
+            let e = usage_error(line);
+            assert!(e.message.contains(want), "{line:?}: {e:?}");
+            assert!(e.usage.starts_with("usage:"), "{line:?}: {e:?}");
+        }
+        let e = usage_error(&["cluster", "recover", "rate", "x"]);
+        assert!(e.message.contains("0 is no limit"), "{e:?}");
+        assert_eq!(e.usage, "usage: dog cluster recover rate RATE\n");
+        let e = usage_error(&["cluster", "recover"]);
+        assert!(e.usage.contains("  dog cluster recover enable\n"), "{e:?}");
+        let help = help_text();
+        for line in [
+            "dog node recovery [-r]",
+            "dog cluster recover info [-r]",
+            "dog cluster recover enable",
+            "dog cluster recover disable",
+            "dog cluster recover rate RATE",
+            "RATE is bytes per second",
+        ] {
+            assert!(help.contains(line), "{line}: {help}");
+        }
+    }
+
+    #[test]
+    fn node_recovery_shows_state_progress_and_silent_nodes() {
+        let running = RecoveryStat {
+            objects_total: 20_000,
+            objects_done: 12_345,
+            bytes: 4 * G,
+            ..stat(7, false, true)
+        };
+        let paused = RecoveryStat {
+            objects_total: 3,
+            objects_done: 0,
+            ..stat(7, false, false)
+        };
+        let done = RecoveryStat {
+            objects_total: 10,
+            objects_done: 10,
+            bytes: 40 * M,
+            ..stat(7, true, true)
+        };
+        let list = [
+            member(2, Err("no answer within 2 s")),
+            member(1, Ok(paused)),
+            member(0, Ok(running)),
+            member(3, Ok(done)),
+        ];
+        let header =
+            "  Id   Host:Port             Epoch  State             Objects  Progress    Bytes\n";
+        assert_eq!(NODE_RECOVERY_HEADER, header);
+        let rows =
+            "   0   127.0.0.1:7000            7  running       12345/20000     61.7%   4.0 GB
+   1   127.0.0.1:7001            7  paused                0/3      0.0%   0.0 MB
+   2   127.0.0.1:7002            -  unknown                 -         -        -
+   3   127.0.0.1:7003            7  complete            10/10    100.0%    40 MB
+
+Note: node 2 (127.0.0.1:7002) did not answer: no answer within 2 s
+";
+        assert_eq!(
+            format_node_recovery(&list, false),
+            format!("{header}{rows}")
+        );
+        let want_raw = "\
+0 127.0.0.1:7000 7 running 12345 20000 4294967296
+1 127.0.0.1:7001 7 paused 0 3 0
+2 127.0.0.1:7002 - unknown - - -
+3 127.0.0.1:7003 7 complete 10 10 41943040
+";
+        assert_eq!(format_node_recovery(&list, true), want_raw);
+        assert_eq!(
+            recovery_notes(&list),
+            vec!["Note: node 2 (127.0.0.1:7002) did not answer: no answer within 2 s"]
+        );
+        assert_eq!(format_node_recovery(&[], false), NODE_RECOVERY_HEADER);
+        assert_eq!(format_node_recovery(&[], true), "");
+    }
+
+    #[test]
+    fn recovery_progress_rounds_down_and_never_passes_100() {
+        let at = |done, total, complete| {
+            recovery_progress(&RecoveryStat {
+                objects_done: done,
+                objects_total: total,
+                ..stat(1, complete, true)
+            })
+        };
+        assert_eq!(at(0, 0, false), "0.0%");
+        assert_eq!(at(0, 0, true), "100.0%");
+        assert_eq!(at(1, 3, false), "33.3%");
+        assert_eq!(at(2, 3, false), "66.6%");
+        assert_eq!(at(999, 1000, false), "99.9%");
+        assert_eq!(at(5, 3, false), "100.0%");
+        assert_eq!(at(u64::MAX - 1, u64::MAX, false), "99.9%");
+        // Complete is complete, whatever the counters say.
+        assert_eq!(at(1, 3, true), "100.0%");
+    }
+
+    #[test]
+    fn recover_info_shows_switch_and_rate() {
+        let list = [
+            member(
+                1,
+                Ok(RecoveryStat {
+                    rate: 100 * M,
+                    ..stat(3, true, false)
+                }),
+            ),
+            member(0, Ok(stat(3, true, true))),
+            member(2, Err("Connection refused")),
+        ];
+        let header = "  Id   Host:Port            Recovery  Max rate\n";
+        assert_eq!(RECOVER_INFO_HEADER, header);
+        let rows = "   0   127.0.0.1:7000       enabled   unlimited
+   1   127.0.0.1:7001       disabled  100 MB/s
+   2   127.0.0.1:7002       unknown   -
+
+Note: node 2 (127.0.0.1:7002) did not answer: Connection refused
+";
+        assert_eq!(format_recover_info(&list, false), format!("{header}{rows}"));
+        let want_raw = "\
+0 127.0.0.1:7000 enabled 0
+1 127.0.0.1:7001 disabled 104857600
+2 127.0.0.1:7002 unknown -
+";
+        assert_eq!(format_recover_info(&list, true), want_raw);
+    }
+
+    #[test]
+    fn rates_print_in_the_table_units() {
+        let cases = [
+            (0, "unlimited"),
+            (1, "1 B/s"),
+            (1023, "1023 B/s"),
+            (1024, "1.0 KB/s"),
+            (1536, "1.5 KB/s"),
+            (512 * 1024, "512 KB/s"),
+            (M, "1.0 MB/s"),
+            (100 * M, "100 MB/s"),
+            (G, "1.0 GB/s"),
+        ];
+        for (n, want) in cases {
+            assert_eq!(format_rate(n), want, "{n}");
+        }
+        assert_eq!(
+            recover_done(Some(true), None),
+            "Cluster recovery: enabled\n"
+        );
+        assert!(recover_done(Some(false), None).starts_with("Cluster recovery: disabled"));
+        assert_eq!(
+            recover_done(None, Some(100 * M)),
+            "Cluster recovery rate: 100 MB/s\n"
+        );
+        assert_eq!(
+            recover_done(None, Some(0)),
+            "Cluster recovery rate: unlimited\n"
+        );
+    }
+
+    #[test]
+    fn recovery_summary_for_cluster_info() {
+        let s = |list: &[MemberRecovery]| recovery_summary(list);
+        assert_eq!(s(&[]), None);
+        let all_done = [
+            member(0, Ok(stat(4, true, true))),
+            member(1, Ok(stat(4, true, true))),
+        ];
+        assert_eq!(s(&all_done).as_deref(), Some("enabled, complete"));
+        let one_running = [
+            member(0, Ok(stat(4, true, true))),
+            member(1, Ok(stat(4, false, true))),
+        ];
+        assert_eq!(s(&one_running).as_deref(), Some("enabled, running"));
+        let paused = [
+            member(0, Ok(stat(4, false, false))),
+            member(1, Ok(stat(4, true, false))),
+        ];
+        assert_eq!(s(&paused).as_deref(), Some("disabled, paused"));
+        let disabled_done = [member(0, Ok(stat(4, true, false)))];
+        assert_eq!(s(&disabled_done).as_deref(), Some("disabled, complete"));
+        // A node restarted since 'recover disable' comes back enabled: say so.
+        let mixed = [
+            member(0, Ok(stat(4, false, false))),
+            member(1, Ok(stat(4, false, true))),
+            member(2, Ok(stat(4, true, false))),
+        ];
+        assert_eq!(
+            s(&mixed).as_deref(),
+            Some("enabled on 1 of 3 nodes, running")
+        );
+        let silent = [
+            member(0, Ok(stat(4, true, true))),
+            member(1, Err("refused")),
+            member(2, Err("timed out")),
+        ];
+        assert_eq!(
+            s(&silent).as_deref(),
+            Some("enabled, complete (no answer from 127.0.0.1:7001, 127.0.0.1:7002)")
+        );
+        assert_eq!(
+            s(&silent[1..]).as_deref(),
+            Some("unknown (no answer from 127.0.0.1:7001, 127.0.0.1:7002)")
+        );
+
+        // In cluster info, after the redundancy; raw output is unchanged.
+        let ci = ClusterInfo {
+            formatted: Some(ClusterFormatInfo {
+                ctime: 1_369_651_831,
+                default_redundancy: Redundancy::Replicated { copies: 2 },
+                vnode_bytes: 1 << 20,
+            }),
+            waiting_for: vec![],
+            epochs: vec![],
+            recovery: silent.to_vec(),
+        };
+        let text = format_cluster_info(&ci, false, TimeZone::Utc);
+        assert!(
+            text.starts_with(
+                "Cluster status: running\nCluster default redundancy: 2\n\
+                 Cluster recovery: enabled, complete (no answer from 127.0.0.1:7001, \
+                 127.0.0.1:7002)\n\nCluster created at "
+            ),
+            "{text}"
+        );
+        assert_eq!(format_cluster_info(&ci, true, TimeZone::Utc), "running\n");
     }
 
     #[test]
@@ -1816,5 +2440,30 @@ running
         );
         let magic = AdminError::BadMagic(0x1234);
         assert!(exchange_error("h", 7000, 30, &magic).starts_with("h:7000: not a collie"));
+    }
+
+    #[test]
+    fn check_reports_count_objects_for_replicated_vdis() {
+        let r = CheckReport {
+            objects: 24,
+            stripes: 0,
+            consistent: 23,
+            repaired: 1,
+            lost: 0,
+            unplaced: 0,
+        };
+        assert_eq!(
+            format_check("vm", &r, false),
+            "vm: 24 objects: 23 consistent, 1 repaired, 0 lost\n"
+        );
+        assert_eq!(format_check("vm", &r, true), "24 0 23 1 0 0\n");
+        let ec = CheckReport {
+            stripes: 24 * 256,
+            consistent: 24 * 256,
+            repaired: 0,
+            ..r
+        };
+        assert!(format_check("ec", &ec, false)
+            .starts_with("ec: 24 objects, 6144 stripes: 6144 consistent"));
     }
 }

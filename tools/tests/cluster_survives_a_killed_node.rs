@@ -3,8 +3,8 @@
 //! the membership every 200 ms), the epoch advances and `dog cluster info` shows it,
 //! and fio's writes and verify pass without one error. A verify-only rerun through
 //! another node then reads every block back, and so does one through the killed node
-//! once it is back (as a gateway: its copies missed the writes). `dog node kill` then
-//! stops another node cleanly.
+//! once it is back (it catches up on the writes it missed). `dog node kill` then stops
+//! another node cleanly.
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 mod support;
@@ -64,20 +64,19 @@ fn killing_a_node_does_not_stop_a_three_copy_vdi() {
     let (out, report) = fio(files.path(), "during", &c.nodes[5].uri("replica"), &verify);
     assert_clean(&out, report.get("jobs").at(0), "during");
 
-    // The killed node comes back having missed writes. Until recovery exists it must
-    // not serve its old copies: it joins as a gateway (no vnodes) and serves the
-    // current data from the others.
+    // The killed node comes back having missed writes. It joins with its capacity and
+    // catches up: each copy placed on it is brought up to date before it serves it.
     c.nodes[3].launch();
     c.wait_members(6);
     let list = c.nodes[0].dog_ok(&["node", "list", "-r"]);
     let row = list.lines().find(|l| l.contains(&dead)).unwrap();
-    assert_eq!(
+    assert_ne!(
         row.split_whitespace().nth(2),
         Some("0"),
         "vnodes of {dead}: {list}"
     );
     assert!(
-        c.nodes[3].log().contains("joining as a gateway"),
+        c.nodes[3].log().contains("catching up"),
         "{}",
         c.nodes[3].log()
     );

@@ -286,7 +286,10 @@ impl Cluster {
         for shard in 0..store.shard_count() {
             let v = view.clone();
             if store
-                .run_on(shard, move |_| async move { gateway::set_view(Some(v)) })
+                .run_on(shard, move |sh| async move {
+                    gateway::set_view(Some(v.clone()));
+                    crate::recovery::on_view(&sh, &v);
+                })
                 .is_err()
             {
                 // The store is shutting down.

@@ -58,6 +58,15 @@ pub enum Request {
         name: String,
         repair: bool,
     },
+    /// Every member's recovery state (`dog node recovery`); answer: `NodeRecovery`.
+    NodeRecovery,
+    /// Pause or resume recovery and/or change its rate limit on every member
+    /// (`dog cluster recover ...`); at least one of the two is given.
+    ClusterRecover {
+        enabled: Option<bool>,
+        /// Bytes per second; 0 is no limit.
+        rate: Option<u64>,
+    },
 
     // Between sheep: the node that received a cluster-wide command sends these to
     // every member (itself included). `dog` has no use for them.
@@ -79,6 +88,14 @@ pub enum Request {
     EpochFreeze,
     /// Stop this sheep (after `EpochFreeze` for a cluster shutdown).
     NodeStop,
+    /// This node's recovery state; answer: `Recovery`.
+    RecoveryStat,
+    /// Change this node's recovery switch and/or rate (one member's share of
+    /// `ClusterRecover`).
+    RecoverSet {
+        enabled: Option<bool>,
+        rate: Option<u64>,
+    },
 }
 
 /// Why a request failed; `dog` prints the message and exits with a code per kind.
@@ -132,6 +149,37 @@ pub struct ClusterInfo {
     /// until this is empty (after a restart).
     pub waiting_for: Vec<String>,
     pub epochs: Vec<EpochEntry>,
+    /// Each member's recovery state, by id (empty before the cluster is formatted).
+    pub recovery: Vec<MemberRecovery>,
+}
+
+/// One node's recovery: where it stands in the current epoch and how it is throttled.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RecoveryStat {
+    /// The epoch the counters are for.
+    pub epoch: u32,
+    /// Recovery for `epoch` has finished on this node.
+    pub complete: bool,
+    /// Objects to look at in this epoch, and how many are done.
+    pub objects_total: u64,
+    pub objects_done: u64,
+    /// Bytes copied or rebuilt onto this node in this epoch.
+    pub bytes: u64,
+    /// False after `dog cluster recover disable`: background recovery is paused.
+    pub enabled: bool,
+    /// Bytes per second at most; 0 is no limit.
+    pub rate: u64,
+}
+
+/// One member's recovery state as the node that asked it saw it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberRecovery {
+    /// Index in `NodeList` (the `Id` of `dog node list`).
+    pub id: u32,
+    /// `ADDR:PORT`.
+    pub addr: String,
+    /// Its answer, or why there is none (it did not answer in time, refused, ...).
+    pub stat: std::result::Result<RecoveryStat, String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -228,6 +276,10 @@ pub enum Response {
     /// Answer to `ObjectCopy`: `None` when the node has no copy.
     Copy(Option<CopyInfo>),
     Check(CheckReport),
+    /// Answer to `RecoveryStat`.
+    Recovery(RecoveryStat),
+    /// Answer to `NodeRecovery`: every member, by id.
+    NodeRecovery(Vec<MemberRecovery>),
 }
 
 /// What `dog vdi check` found (counts over the VDI's objects).
@@ -271,11 +323,15 @@ mod op {
     pub const NODE_KILL: u16 = 0x06;
     pub const OBJECT_LOCATION: u16 = 0x16;
     pub const VDI_CHECK: u16 = 0x17;
+    pub const NODE_RECOVERY: u16 = 0x07;
+    pub const CLUSTER_RECOVER: u16 = 0x08;
     pub const NODE_FORMAT: u16 = 0x40;
     pub const NODE_STAT: u16 = 0x41;
     pub const OBJECT_COPY: u16 = 0x42;
     pub const EPOCH_FREEZE: u16 = 0x43;
     pub const NODE_STOP: u16 = 0x44;
+    pub const RECOVERY_STAT: u16 = 0x45;
+    pub const RECOVER_SET: u16 = 0x46;
 
     pub const R_OK: u16 = 0x81;
     pub const R_ERROR: u16 = 0x82;
@@ -288,6 +344,8 @@ mod op {
     pub const R_LOCATION: u16 = 0x89;
     pub const R_COPY: u16 = 0x8a;
     pub const R_CHECK: u16 = 0x8b;
+    pub const R_RECOVERY: u16 = 0x8c;
+    pub const R_NODE_RECOVERY: u16 = 0x8d;
 }
 
 fn redundancy(d: &mut Dec<'_>) -> Result<Redundancy> {
@@ -328,6 +386,16 @@ impl Request {
             Request::VdiRead { len, .. } if *len > MAX_DATA => Err(AdminError::Malformed(format!(
                 "a read of {len} bytes exceeds one frame"
             ))),
+            Request::ClusterRecover {
+                enabled: None,
+                rate: None,
+            }
+            | Request::RecoverSet {
+                enabled: None,
+                rate: None,
+            } => Err(AdminError::Malformed(
+                "a recover request changes nothing: give enabled and/or rate".into(),
+            )),
             _ => Ok(()),
         }
     }
@@ -408,6 +476,16 @@ impl Request {
             }
             Request::EpochFreeze => op::EPOCH_FREEZE,
             Request::NodeStop => op::NODE_STOP,
+            Request::NodeRecovery => op::NODE_RECOVERY,
+            Request::ClusterRecover { enabled, rate } => {
+                put_recover(&mut e, *enabled, *rate);
+                op::CLUSTER_RECOVER
+            }
+            Request::RecoveryStat => op::RECOVERY_STAT,
+            Request::RecoverSet { enabled, rate } => {
+                put_recover(&mut e, *enabled, *rate);
+                op::RECOVER_SET
+            }
         };
         (code, e.0)
     }
@@ -471,6 +549,16 @@ impl Request {
             op::OBJECT_COPY => Request::ObjectCopy { oid: d.u64("oid")? },
             op::EPOCH_FREEZE => Request::EpochFreeze,
             op::NODE_STOP => Request::NodeStop,
+            op::NODE_RECOVERY => Request::NodeRecovery,
+            op::CLUSTER_RECOVER => {
+                let (enabled, rate) = recover(&mut d)?;
+                Request::ClusterRecover { enabled, rate }
+            }
+            op::RECOVERY_STAT => Request::RecoveryStat,
+            op::RECOVER_SET => {
+                let (enabled, rate) = recover(&mut d)?;
+                Request::RecoverSet { enabled, rate }
+            }
             other => return Err(AdminError::UnknownOpcode(other)),
         };
         d.finish()?;
@@ -516,12 +604,114 @@ fn copy(d: &mut Dec<'_>) -> Result<CopyInfo> {
     })
 }
 
+/// `enabled` and `rate` of a recover request: each a presence flag then the value.
+fn put_recover(e: &mut Enc, enabled: Option<bool>, rate: Option<u64>) {
+    match enabled {
+        Some(on) => e.bool(true).bool(on),
+        None => e.bool(false),
+    };
+    match rate {
+        Some(r) => e.bool(true).u64(r),
+        None => e.bool(false),
+    };
+}
+
+fn recover(d: &mut Dec<'_>) -> Result<(Option<bool>, Option<u64>)> {
+    let enabled = if d.bool("has enabled")? {
+        Some(d.bool("enabled")?)
+    } else {
+        None
+    };
+    let rate = if d.bool("has rate")? {
+        Some(d.u64("rate")?)
+    } else {
+        None
+    };
+    if enabled.is_none() && rate.is_none() {
+        return Err(AdminError::Malformed(
+            "a recover request changes nothing: give enabled and/or rate".into(),
+        ));
+    }
+    Ok((enabled, rate))
+}
+
+fn put_recovery_stat(e: &mut Enc, s: &RecoveryStat) {
+    e.u32(s.epoch)
+        .bool(s.complete)
+        .u64(s.objects_total)
+        .u64(s.objects_done)
+        .u64(s.bytes)
+        .bool(s.enabled)
+        .u64(s.rate);
+}
+
+fn recovery_stat(d: &mut Dec<'_>) -> Result<RecoveryStat> {
+    Ok(RecoveryStat {
+        epoch: d.u32("recovery epoch")?,
+        complete: d.bool("recovery complete")?,
+        objects_total: d.u64("recovery objects total")?,
+        objects_done: d.u64("recovery objects done")?,
+        bytes: d.u64("recovery bytes")?,
+        enabled: d.bool("recovery enabled")?,
+        rate: d.u64("recovery rate")?,
+    })
+}
+
+/// A member's recovery: id, address, then either `true` and its state or `false` and
+/// why it gave none.
+fn put_member_recovery(e: &mut Enc, m: &MemberRecovery) {
+    e.u32(m.id).str(&m.addr);
+    match &m.stat {
+        Ok(s) => {
+            e.bool(true);
+            put_recovery_stat(e, s);
+        }
+        Err(why) => {
+            e.bool(false).str(truncate(why, MAX_TEXT));
+        }
+    }
+}
+
+fn member_recoveries(d: &mut Dec<'_>) -> Result<Vec<MemberRecovery>> {
+    let n = d.count(MIN_MEMBER_RECOVERY, "recovery entries")?;
+    let mut list = Vec::with_capacity(n);
+    for _ in 0..n {
+        list.push(member_recovery(d)?);
+    }
+    Ok(list)
+}
+
+fn member_recovery(d: &mut Dec<'_>) -> Result<MemberRecovery> {
+    Ok(MemberRecovery {
+        id: d.u32("node id")?,
+        addr: d.str(MAX_NAME, "node address")?,
+        stat: if d.bool("has recovery state")? {
+            Ok(recovery_stat(d)?)
+        } else {
+            Err(d.str(MAX_TEXT, "why a node did not answer")?)
+        },
+    })
+}
+
+/// `s` cut to at most `max` bytes, on a character boundary.
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
 /// Smallest encoding of one list entry, so counts can be checked against the body.
 const MIN_VDI: usize = 4 + 4 + 8 * 4 + 2 + 4 + 4;
 const MIN_NODE: usize = 4 + 4 + 4 + 16 + 1;
 const MIN_EPOCH: usize = 4 + 8 + 4;
 const MIN_NODE_ENTRY: usize = 4 + 4 + 4 + 4 + 4;
 const MIN_COPY: usize = 4 + 4 + 8 + 4;
+const MIN_MEMBER_RECOVERY: usize = 4 + 4 + 1 + 4;
 
 impl Response {
     /// Opcode, status and body.
@@ -530,15 +720,7 @@ impl Response {
         let (code, status) = match self {
             Response::Ok => (op::R_OK, 0),
             Response::Error { code, message } => {
-                let mut m = message.as_str();
-                if m.len() > MAX_TEXT {
-                    let mut end = MAX_TEXT;
-                    while !m.is_char_boundary(end) {
-                        end -= 1;
-                    }
-                    m = &m[..end];
-                }
-                e.str(m);
+                e.str(truncate(message, MAX_TEXT));
                 (op::R_ERROR, *code as u32)
             }
             Response::ClusterInfo(ci) => {
@@ -562,6 +744,10 @@ impl Response {
                     for n in &ep.nodes {
                         e.str(n);
                     }
+                }
+                e.u32(ci.recovery.len() as u32);
+                for m in &ci.recovery {
+                    put_member_recovery(&mut e, m);
                 }
                 (op::R_CLUSTER_INFO, 0)
             }
@@ -638,6 +824,17 @@ impl Response {
                     .u64(c.unplaced);
                 (op::R_CHECK, 0)
             }
+            Response::Recovery(s) => {
+                put_recovery_stat(&mut e, s);
+                (op::R_RECOVERY, 0)
+            }
+            Response::NodeRecovery(list) => {
+                e.u32(list.len() as u32);
+                for m in list {
+                    put_member_recovery(&mut e, m);
+                }
+                (op::R_NODE_RECOVERY, 0)
+            }
         };
         (code, status, e.0)
     }
@@ -681,6 +878,7 @@ impl Response {
                     formatted,
                     waiting_for,
                     epochs,
+                    recovery: member_recoveries(&mut d)?,
                 })
             }
             op::R_NODE_INFO => {
@@ -759,6 +957,8 @@ impl Response {
             } else {
                 None
             }),
+            op::R_RECOVERY => Response::Recovery(recovery_stat(&mut d)?),
+            op::R_NODE_RECOVERY => Response::NodeRecovery(member_recoveries(&mut d)?),
             other => return Err(AdminError::UnknownOpcode(other)),
         };
         d.finish()?;

@@ -27,6 +27,42 @@ fn copy_info() -> CopyInfo {
     }
 }
 
+fn recovery_stat() -> RecoveryStat {
+    RecoveryStat {
+        epoch: 7,
+        complete: false,
+        objects_total: 1 << 33,
+        objects_done: 12_345,
+        bytes: 48 << 30,
+        enabled: true,
+        rate: 100 << 20,
+    }
+}
+
+fn members() -> Vec<MemberRecovery> {
+    vec![
+        MemberRecovery {
+            id: 0,
+            addr: "127.0.0.1:7000".into(),
+            stat: Ok(recovery_stat()),
+        },
+        MemberRecovery {
+            id: 1,
+            addr: "127.0.0.1:7001".into(),
+            stat: Ok(RecoveryStat {
+                complete: true,
+                enabled: false,
+                ..RecoveryStat::default()
+            }),
+        },
+        MemberRecovery {
+            id: 2,
+            addr: "127.0.0.1:7002".into(),
+            stat: Err("Connection refused".into()),
+        },
+    ]
+}
+
 fn vdi_info() -> VdiInfo {
     VdiInfo {
         name: "replica".into(),
@@ -101,8 +137,19 @@ fn every_message_round_trips() {
         },
         Request::EpochFreeze,
         Request::NodeStop,
+        Request::NodeRecovery,
+        Request::RecoveryStat,
     ] {
         round_trip_request(r);
+    }
+    for enabled in [None, Some(false), Some(true)] {
+        for rate in [None, Some(0), Some(100 << 20), Some(u64::MAX)] {
+            if enabled.is_none() && rate.is_none() {
+                continue;
+            }
+            round_trip_request(Request::ClusterRecover { enabled, rate });
+            round_trip_request(Request::RecoverSet { enabled, rate });
+        }
     }
     for r in [
         Response::Ok,
@@ -122,11 +169,13 @@ fn every_message_round_trips() {
                 time: 5,
                 nodes: vec!["127.0.0.1:7000".into()],
             }],
+            recovery: members(),
         }),
         Response::ClusterInfo(ClusterInfo {
             formatted: None,
             waiting_for: vec![],
             epochs: vec![],
+            recovery: vec![],
         }),
         Response::NodeInfo(NodeInfo {
             nodes: vec![NodeStat {
@@ -165,8 +214,84 @@ fn every_message_round_trips() {
             lost: 5,
             unplaced: 6,
         }),
+        Response::Recovery(recovery_stat()),
+        Response::Recovery(RecoveryStat::default()),
+        Response::NodeRecovery(members()),
+        Response::NodeRecovery(vec![]),
     ] {
         round_trip_response(r);
+    }
+}
+
+#[test]
+fn recover_requests_that_change_nothing_are_refused() {
+    let empty = Request::ClusterRecover {
+        enabled: None,
+        rate: None,
+    };
+    assert!(empty.check().is_err());
+    assert!(Request::RecoverSet {
+        enabled: None,
+        rate: None
+    }
+    .check()
+    .is_err());
+    // Sent anyway (by another client): the sheep refuses it with a message.
+    let (op, body) = empty.encode();
+    let h = FrameHeader::new(op, 0, 1, &body);
+    let e = Request::decode(&h, &body).unwrap_err();
+    assert!(e.to_string().contains("changes nothing"), "{e}");
+    assert!(Request::ClusterRecover {
+        enabled: Some(false),
+        rate: None
+    }
+    .check()
+    .is_ok());
+}
+
+#[test]
+fn bad_recovery_bodies_are_refused() {
+    // A presence flag that is not a boolean.
+    let body = [2u8, 0];
+    let (op, _) = Request::RecoverSet {
+        enabled: Some(true),
+        rate: None,
+    }
+    .encode();
+    let h = FrameHeader::new(op, 0, 1, &body);
+    assert!(Request::decode(&h, &body).is_err());
+    // A rate cut short, and trailing bytes.
+    let (op, body) = Request::ClusterRecover {
+        enabled: None,
+        rate: Some(7),
+    }
+    .encode();
+    for bad in [&body[..body.len() - 1], &[&body[..], &[0][..]].concat()[..]] {
+        let h = FrameHeader::new(op, 0, 1, bad);
+        assert!(Request::decode(&h, bad).is_err());
+    }
+    // A member list whose count claims more entries than the body holds.
+    let (op, _, mut body) = Response::NodeRecovery(members()).encode();
+    body[..4].copy_from_slice(&1000u32.to_le_bytes());
+    let h = FrameHeader::new(op, 0, 1, &body);
+    assert!(matches!(
+        Response::decode(&h, &body),
+        Err(AdminError::Malformed(_))
+    ));
+    // A reason longer than any message is cut to fit, not refused.
+    let long = MemberRecovery {
+        id: 0,
+        addr: "h:1".into(),
+        stat: Err("é".repeat(body::MAX_TEXT)),
+    };
+    let (op, status, body) = Response::NodeRecovery(vec![long]).encode();
+    let h = FrameHeader::new(op, status, 1, &body);
+    match Response::decode(&h, &body).unwrap() {
+        Response::NodeRecovery(l) => {
+            let why = l[0].stat.as_ref().unwrap_err();
+            assert!(why.len() <= body::MAX_TEXT && why.starts_with('é'));
+        }
+        other => panic!("{other:?}"),
     }
 }
 
@@ -199,7 +324,7 @@ fn damaged_frames_are_rejected_not_trusted() {
 #[test]
 fn random_bodies_never_panic() {
     let mut x: u64 = 0x1234_5678_9abc_def1;
-    for opcode in (0u16..0x20).chain(0x80..0x90) {
+    for opcode in (0u16..0x20).chain(0x40..0x50).chain(0x80..0x90) {
         for _ in 0..200 {
             let len = (x % 64) as usize;
             let body: Vec<u8> = (0..len)

@@ -9,7 +9,9 @@ use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use collie_net::admin::{AdminClient, NodeEntry, NodeInfo, Request, Response, VdiInfo, MAX_DATA};
+use collie_net::admin::{
+    AdminClient, MemberRecovery, NodeEntry, NodeInfo, Request, Response, VdiInfo, MAX_DATA,
+};
 use collie_tools::dogcli::{self, Command, Invocation, Parsed, TimeZone, EXIT_FAILURE, EXIT_USAGE};
 
 /// Bounds the connect and every reply; one 4 MiB read or write fits well inside it.
@@ -119,6 +121,14 @@ impl Session {
         }
     }
 
+    /// Every member's recovery state (a member that did not answer says why).
+    fn node_recovery(&mut self) -> Result<Vec<MemberRecovery>> {
+        match self.call(&Request::NodeRecovery)? {
+            Response::NodeRecovery(list) => Ok(list),
+            other => Err(unexpected(&other)),
+        }
+    }
+
     /// The working (non-snapshot) VDI called `name`.
     fn find_vdi(&mut self, name: &str) -> Result<VdiInfo> {
         self.vdi_list()?
@@ -141,6 +151,8 @@ fn unexpected(r: &Response) -> Fail {
         Response::Location(_) => "an object location",
         Response::Copy(_) => "an object copy",
         Response::Check(_) => "a check report",
+        Response::Recovery(_) => "one node's recovery state",
+        Response::NodeRecovery(_) => "the nodes' recovery states",
     };
     Fail::Msg(format!(
         "unexpected answer from sheep ({kind}); are dog and sheep the same version?"
@@ -168,6 +180,13 @@ fn print_notes(ni: &NodeInfo) {
     }
 }
 
+/// Raw output keeps its lines parseable: the notes on silent nodes go to stderr.
+fn print_recovery_notes(list: &[MemberRecovery]) {
+    for n in dogcli::recovery_notes(list) {
+        eprintln!("{n}");
+    }
+}
+
 fn run(inv: &Invocation) -> Result<()> {
     let mut s = Session::connect(inv)?;
     let tz = TimeZone::Local;
@@ -183,6 +202,27 @@ fn run(inv: &Invocation) -> Result<()> {
             other => Err(unexpected(&other)),
         },
         Command::ClusterShutdown => s.call_ok(&Request::ClusterShutdown),
+        Command::ClusterRecover { enabled, rate } => {
+            s.call_ok(&Request::ClusterRecover {
+                enabled: *enabled,
+                rate: *rate,
+            })?;
+            write_stdout(dogcli::recover_done(*enabled, *rate).as_bytes())
+        }
+        Command::ClusterRecoverInfo { raw } => {
+            let list = s.node_recovery()?;
+            if *raw {
+                print_recovery_notes(&list);
+            }
+            write_stdout(dogcli::format_recover_info(&list, *raw).as_bytes())
+        }
+        Command::NodeRecovery { raw } => {
+            let list = s.node_recovery()?;
+            if *raw {
+                print_recovery_notes(&list);
+            }
+            write_stdout(dogcli::format_node_recovery(&list, *raw).as_bytes())
+        }
         Command::NodeInfo { raw } => match s.call(&Request::NodeInfo)? {
             Response::NodeInfo(ni) => {
                 if *raw {

@@ -349,7 +349,7 @@ fn run(
         .map_err(|e| format!("peer port: {e}"))?;
     serve_peers(&store, peer_listeners).map_err(|e| format!("starting the peer server: {e}"))?;
 
-    let (mut capacity, _) = fs_space(&dir);
+    let (capacity, _) = fs_space(&dir);
     let format = read_format(&store)?;
     let mut driver = LocalDriver::open(&opts.cluster_state).map_err(|e| e.to_string())?;
     let running = driver.poll().map_err(|e| e.to_string())?;
@@ -360,11 +360,9 @@ fn run(
         .filter_map(|m| peer_state(&m.id))
         .collect();
     if let Some(why) = stale_reason(my_last, format.is_some(), &peers) {
-        tracing::warn!(
-            "joining as a gateway (serves clients, holds no data): {why}; until recovery \
-             exists, restart it with an empty directory to make it a data node again"
-        );
-        capacity = 0;
+        // It joins with its capacity all the same: recovery brings every object
+        // placed here up to date before this node serves it.
+        tracing::info!("catching up: {why}");
     }
     let me = Member {
         id: NodeId::new(opts.bind, opts.port),

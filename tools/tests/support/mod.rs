@@ -363,17 +363,7 @@ impl Cluster {
         let dir = guard.path().to_path_buf();
         let mut nodes = Vec::with_capacity(n);
         for i in 0..n {
-            let mut s = Sheep {
-                dir: dir.join(format!("store{i}")),
-                port: free_port(),
-                nbd_port: free_port(),
-                zone: i as u32,
-                cluster_state: dir.join("cluster"),
-                extra: extra.iter().map(|s| s.to_string()).collect(),
-                env: Vec::new(),
-                pid: None,
-                _guard: None,
-            };
+            let mut s = Cluster::node(&dir, i, extra);
             s.launch();
             nodes.push(s);
         }
@@ -384,6 +374,33 @@ impl Cluster {
         };
         c.wait_members(n);
         c
+    }
+
+    /// Node `i` of the cluster in `dir` (zone i), not started yet.
+    fn node(dir: &Path, i: usize, extra: &[&str]) -> Sheep {
+        Sheep {
+            dir: dir.join(format!("store{i}")),
+            port: free_port(),
+            nbd_port: free_port(),
+            zone: i as u32,
+            cluster_state: dir.join("cluster"),
+            extra: extra.iter().map(|s| s.to_string()).collect(),
+            env: Vec::new(),
+            pid: None,
+            _guard: None,
+        }
+    }
+
+    /// A further node of this cluster (the next zone, the first node's options), not
+    /// started yet: launch it, then [`Cluster::adopt`] it.
+    pub fn next_node(&self) -> Sheep {
+        let extra: Vec<&str> = self.nodes[0].extra.iter().map(String::as_str).collect();
+        Cluster::node(&self.dir, self.nodes.len(), &extra)
+    }
+
+    /// Makes `s` (from [`Cluster::next_node`]) a node of the fixture.
+    pub fn adopt(&mut self, s: Sheep) {
+        self.nodes.push(s);
     }
 
     /// [`Cluster::start`], then `dog cluster format -c copies`.
@@ -436,6 +453,48 @@ impl Cluster {
                 std::thread::sleep(Duration::from_millis(50));
             }
         }
+    }
+
+    /// Waits (up to `limit`) until every member reports recovery complete at one
+    /// epoch, the newest node 0's first live node knows; returns that epoch.
+    pub fn wait_recovered(&self, limit: Duration) -> u32 {
+        let s = self.live().next().expect("no live node");
+        let end = Instant::now() + limit;
+        loop {
+            let out = s.dog(&["node", "recovery", "-r"]);
+            let list = text(&out.stdout);
+            // IDX ADDR EPOCH STATE DONE TOTAL BYTES
+            let rows: Vec<Vec<&str>> = list
+                .lines()
+                .map(|l| l.split_whitespace().collect())
+                .collect();
+            let epochs: Vec<&str> = rows.iter().filter_map(|r| r.get(2).copied()).collect();
+            let done = out.status.success()
+                && !rows.is_empty()
+                && rows.iter().all(|r| r.get(3) == Some(&"complete"))
+                && epochs.windows(2).all(|w| w[0] == w[1]);
+            if done {
+                let epoch: u32 = epochs[0].parse().unwrap();
+                if epoch == self.epoch_of(s) {
+                    return epoch;
+                }
+            }
+            assert!(
+                Instant::now() < end,
+                "recovery did not complete within {limit:?}:\n{list}{}",
+                text(&out.stderr)
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+
+    fn epoch_of(&self, s: &Sheep) -> u32 {
+        let i = self
+            .nodes
+            .iter()
+            .position(|n| n.port == s.port)
+            .expect("a node of this cluster");
+        self.epoch(i)
     }
 
     /// The epoch in node `i`'s `dog cluster info -r` (its newest history line).
