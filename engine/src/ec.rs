@@ -534,6 +534,7 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
     match c.op {
         Op::FragWrite => {
             let (key, n) = (fragment(c.oid)?, stripes()?);
+            let _applying = crate::recovery::applying(c.meta.epoch)?;
             let (versions, rest) = split_u64s(c.payload, n).map_err(bad)?;
             let (keeps, data) = split_u64s(rest, n).map_err(bad)?;
             let data = (c.flags & FLAG_ZEROS == 0).then_some(data);
@@ -547,6 +548,7 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
         Op::FragRead => {
             let (key, n) = (fragment(c.oid)?, stripes()?);
             let (wants, _) = split_u64s(c.payload, n).map_err(bad)?;
+            crate::recovery::drained().await;
             // A fragment that may have missed writes (this node was not its holder all
             // along) does not say what is newest: the reader asks every holder.
             if wants.contains(&NEWEST) && !crate::recovery::fragment_current(key, lay.width()) {
@@ -556,6 +558,7 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
         }
         Op::FragProbe => {
             let (oid, _) = (data_oid(c.oid)?, stripes()?);
+            crate::recovery::drained().await;
             Ok(frag_probe(sh, oid, &lay, c.offset, c.len).await?)
         }
         Op::FragRemove => {
@@ -1486,9 +1489,7 @@ impl Gateway {
         let holders = self.gather(epoch, oid, lay, 0, n).await?;
         let mut r = CheckReport::default();
         if holders.is_empty() {
-            if repair {
-                crate::recovery::record_check(oid, epoch, &r);
-            }
+            // Nothing found (or nobody answered): nothing to record as checked.
             return Ok(r);
         }
         r.objects = 1;

@@ -25,7 +25,7 @@ use crate::cluster::Member;
 use crate::error::{Result, StoreError};
 use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{self, Call, RpcError};
-use crate::shard::{owner_of, partition_of, Reply, Shard};
+use crate::shard::{owner_of, partition_of, Reply, Shard, WriteMode};
 use collie_net::admin::CheckReport;
 use collie_net::peer::{decode_oids, Op, FLAG_MUST_EXIST};
 use futures::channel::oneshot;
@@ -274,13 +274,16 @@ impl Gateway {
                 };
                 return Ok(match c.op {
                     Op::Write => {
-                        sh.write_if(c.oid, c.offset, c.payload, meta, c.must_exist())
-                            .await?;
+                        let mode = WriteMode {
+                            must_exist: c.must_exist(),
+                            client: true,
+                        };
+                        sh.write_if(c.oid, c.offset, c.payload, meta, mode).await?;
                         Reply::Done
                     }
                     Op::Read => Reply::Data(sh.read(c.oid, c.offset, c.len).await?),
                     Op::Discard => {
-                        sh.discard(c.oid, c.offset, c.len, meta).await?;
+                        sh.discard_as(c.oid, c.offset, c.len, meta, true).await?;
                         Reply::Done
                     }
                     Op::Remove => {
@@ -295,7 +298,10 @@ impl Gateway {
                     | Op::FragProbe
                     | Op::FragRemove
                     | Op::EcWrite
-                    | Op::EcCheck => Reply::Data(Box::pin(crate::ec::serve(sh, c)).await?),
+                    | Op::EcCheck => {
+                        let c = Call { meta, ..*c };
+                        Reply::Data(Box::pin(crate::ec::serve(sh, &c)).await?)
+                    }
                 });
             }
             Target::Remote(addr) => addr,
@@ -601,7 +607,12 @@ impl Gateway {
                     None => None,
                 });
             }
-            let Some(first) = images.iter().position(Option::is_some) else {
+            // The basis: the readable copy written last (the first target's among equals,
+            // it orders the object's writes).
+            let Some(first) = (0..ts.len())
+                .filter(|&i| images[i].is_some())
+                .max_by_key(|&i| (infos[i].map(|s| s.epoch), std::cmp::Reverse(i)))
+            else {
                 r.lost = 1;
                 return Ok(r);
             };
@@ -630,6 +641,7 @@ impl Gateway {
                 Reply::Extents(e) => e,
                 _ => return Err(StoreError::Invalid("extents answer expected".into()).into()),
             };
+            crate::recovery::check_runs(&runs, basis.len() as u64)?;
             let meta = WriteMeta {
                 object_size: info.size,
                 version: info.version,

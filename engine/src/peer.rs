@@ -8,11 +8,11 @@
 
 use crate::error::{Result, StoreError};
 use crate::partition::WriteMeta;
-use crate::shard::Shard;
+use crate::shard::{Shard, WriteMode};
 use crate::store::Store;
 use collie_net::peer::{
     self, decode_extents, decode_stat, encode_extents, encode_oids, encode_stat, status, Op,
-    PeerHeader, FLAG_MUST_EXIST, HEADER_LEN, MAX_PAYLOAD,
+    PeerHeader, FLAG_MUST_EXIST, FLAG_RECOVERY, FLAG_URGENT, HEADER_LEN, MAX_PAYLOAD,
 };
 use futures::future::{select, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
@@ -143,7 +143,8 @@ async fn serve_connection(mut s: TcpStream, sh: &Rc<Shard>) -> std::result::Resu
         let (st, out) = if epoch == 0 || h.epoch != epoch {
             (status::WRONG_EPOCH, Vec::new())
         } else {
-            let served = if h.flags & collie_net::peer::FLAG_RECOVERY != 0 {
+            let background = h.flags & (FLAG_RECOVERY | FLAG_URGENT) == FLAG_RECOVERY;
+            let served = if background {
                 // Another node's recovery: after this shard's clients.
                 let (sh2, h2) = (sh.clone(), h);
                 let task = async move { serve_op(&sh2, &h2, &payload).await };
@@ -209,16 +210,26 @@ async fn serve_op(
     let c = Call::of_frame(h, payload);
     if crate::gateway::needs_ready(&c) {
         crate::recovery::ready(sh, h.oid, h.geometry as usize).await?;
-    } else if c.from_recovery() && crate::recovery::settling(h.oid) {
-        // Half a copy is no source for another node's.
-        return Err(
-            StoreError::NotReady(format!("{:#018x} is being brought up to date", h.oid)).into(),
-        );
+    } else if c.from_recovery() {
+        // Every write acknowledged at an older epoch is in before a copy is read.
+        crate::recovery::drained().await;
+        // Half a copy is no source for another node's. (Its state may be told: a copy
+        // being replaced reads as missing or as written at epoch 0.)
+        if matches!(h.op(), Op::Read | Op::Extents) && crate::recovery::settling(h.oid) {
+            return Err(StoreError::NotReady(format!(
+                "{:#018x} is being brought up to date",
+                h.oid
+            ))
+            .into());
+        }
     }
     match h.op() {
         Op::Write => {
-            let must_exist = h.flags & FLAG_MUST_EXIST != 0;
-            sh.write_if(h.oid, h.offset, payload, meta_of(h), must_exist)
+            let mode = WriteMode {
+                must_exist: h.flags & FLAG_MUST_EXIST != 0,
+                client: true,
+            };
+            sh.write_if(h.oid, h.offset, payload, meta_of(h), mode)
                 .await?;
             Ok(Vec::new())
         }
@@ -229,7 +240,8 @@ async fn serve_op(
             Ok(sh.read(h.oid, h.offset, h.len).await?)
         }
         Op::Discard => {
-            sh.discard(h.oid, h.offset, h.len, meta_of(h)).await?;
+            sh.discard_as(h.oid, h.offset, h.len, meta_of(h), true)
+                .await?;
             Ok(Vec::new())
         }
         Op::Remove => {
@@ -323,7 +335,7 @@ impl<'a> Call<'a> {
 
     /// Sent by recovery: see [`collie_net::peer::FLAG_RECOVERY`].
     pub fn from_recovery(&self) -> bool {
-        self.flags & collie_net::peer::FLAG_RECOVERY != 0
+        self.flags & FLAG_RECOVERY != 0
     }
 
     /// The same call for an object placed with `copies` copies.

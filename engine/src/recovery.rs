@@ -11,7 +11,7 @@ use crate::peer::{Call, RpcError};
 use crate::shard::{Reply, Shard};
 use crate::vdi::{self, Objects};
 use collie_net::admin::CheckReport;
-use collie_net::peer::{Op, FLAG_RECOVERY};
+use collie_net::peer::{Op, FLAG_RECOVERY, FLAG_URGENT};
 use collie_placement::ids::{base_oid, fragment_oid, object_kind, ObjectKind, Vid};
 use futures::channel::oneshot;
 use futures::future::{join_all, FutureExt, Shared};
@@ -126,8 +126,8 @@ struct Local {
     /// The newest epoch whose background pass finished on this shard: every object
     /// placed here that existed then was brought up to date.
     complete: u32,
-    /// Keys being brought up to date now; requests for them wait.
-    settling: HashMap<u64, Shared<oneshot::Receiver<()>>>,
+    /// Keys being brought up to date now (and by which settle); requests for them wait.
+    settling: HashMap<u64, (u64, Shared<oneshot::Receiver<()>>)>,
     /// Primary side: the epoch and report of the last repairing check of an object.
     checked: HashMap<u64, (u32, CheckReport)>,
     /// The epoch of the newest pass started (a view rebuilt at the same epoch, after
@@ -137,6 +137,9 @@ struct Local {
 
 thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
+    static NEXT_SETTLE: Cell<u64> = const { Cell::new(0) };
+    /// Epoch -> client writes of that epoch being applied on this shard.
+    static WRITING: RefCell<BTreeMap<u32, usize>> = const { RefCell::new(BTreeMap::new()) };
     static QUEUE: Cell<Option<glommio::TaskQueueHandle>> = const { Cell::new(None) };
 }
 
@@ -242,14 +245,24 @@ fn not_ready(key: u64, e: impl std::fmt::Display) -> RpcError {
 /// writes, it is brought up to date first (objects clients wait for go first).
 pub(crate) async fn ready(sh: &Rc<Shard>, oid: u64, copies: usize) -> Rpc<()> {
     if sh.owns(oid) {
-        ready_here(sh, oid, copies).await
+        ready_here(sh, oid, copies, Why::Client).await
     } else {
         Ok(sh.ready_on_owner(oid, copies).await?)
     }
 }
 
+/// Who waits for a copy to be brought up to date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Why {
+    /// A client's request: as fast as possible (no rate limit, peers serve it at their
+    /// clients' priority).
+    Client,
+    /// The background pass: at the configured rate, after the peers' clients.
+    Background,
+}
+
 /// [`ready`] on the shard that owns `oid`.
-pub(crate) async fn ready_here(sh: &Rc<Shard>, oid: u64, copies: usize) -> Rpc<()> {
+pub(crate) async fn ready_here(sh: &Rc<Shard>, oid: u64, copies: usize, why: Why) -> Rpc<()> {
     let Some(v) = gateway::view() else {
         return Ok(());
     };
@@ -263,7 +276,7 @@ pub(crate) async fn ready_here(sh: &Rc<Shard>, oid: u64, copies: usize) -> Rpc<(
         return Ok(());
     }
     let gw = Gateway::new(sh.clone());
-    settle_once(oid, v.epoch, settle_copy(&gw, &v, oid)).await?;
+    settle_once(oid, v.epoch, settle_copy(&gw, &v, oid, why)).await?;
     Ok(())
 }
 
@@ -274,36 +287,116 @@ async fn settle_once<T: Default>(
     settle: impl std::future::Future<Output = Rpc<T>>,
 ) -> Rpc<T> {
     loop {
-        let Some(w) = LOCAL.with(|l| l.borrow().settling.get(&key).cloned()) else {
+        let Some((_, w)) = LOCAL.with(|l| l.borrow().settling.get(&key).cloned()) else {
             break;
         };
+        // Ends when that settle ends, or is dropped (its guard then removed it).
         let _ = w.await;
         if LOCAL.with(|l| l.borrow().current.get(&key) == Some(&epoch)) {
             return Ok(T::default());
         }
     }
-    let (tx, rx) = oneshot::channel::<()>();
-    LOCAL.with(|l| l.borrow_mut().settling.insert(key, rx.shared()));
-    let r = settle.await;
-    LOCAL.with(|l| {
-        let mut l = l.borrow_mut();
-        l.settling.remove(&key);
-        if r.is_ok() {
-            l.current.insert(key, epoch);
-        }
+    let id = NEXT_SETTLE.with(|n| {
+        n.set(n.get() + 1);
+        n.get()
     });
-    drop(tx);
+    let (tx, rx) = oneshot::channel::<()>();
+    LOCAL.with(|l| l.borrow_mut().settling.insert(key, (id, rx.shared())));
+    let guard = Settling { key, id, _done: tx };
+    let r = settle.await;
+    if r.is_ok() {
+        LOCAL.with(|l| l.borrow_mut().current.insert(key, epoch));
+    }
+    drop(guard);
     r
+}
+
+/// Marks a key as being brought up to date; dropping it (done, failed, or the request
+/// that ran it went away) lets the waiters go on.
+struct Settling {
+    key: u64,
+    id: u64,
+    _done: oneshot::Sender<()>,
+}
+
+impl Drop for Settling {
+    fn drop(&mut self) {
+        LOCAL.with(|l| {
+            let mut l = l.borrow_mut();
+            if l.settling
+                .get(&self.key)
+                .is_some_and(|(id, _)| *id == self.id)
+            {
+                l.settling.remove(&self.key);
+            }
+        });
+    }
+}
+
+// ------------------------------------------- writes of older epochs still being applied
+
+/// A write a gateway sent at some epoch, being applied on this shard.
+pub(crate) struct Applying(u32);
+
+impl Drop for Applying {
+    fn drop(&mut self) {
+        WRITING.with(|w| {
+            let mut w = w.borrow_mut();
+            if let Some(n) = w.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&self.0);
+                }
+            }
+        });
+    }
+}
+
+/// Starts applying a write a gateway sent at `epoch`. Refused once this shard is past
+/// that epoch (the gateway retries at the new one): so every write of an older epoch
+/// that is applied at all was counted before the new epoch began, and [`drained`] can
+/// wait for it.
+pub(crate) fn applying(epoch: u32) -> Result<Applying, StoreError> {
+    let now = gateway::current_epoch();
+    if epoch < now {
+        return Err(StoreError::NotReady(format!(
+            "a write sent at epoch {epoch} reached a node at epoch {now}"
+        )));
+    }
+    WRITING.with(|w| *w.borrow_mut().entry(epoch).or_default() += 1);
+    Ok(Applying(epoch))
+}
+
+/// How long recovery's reads wait for older writes before going on regardless.
+const DRAIN_LIMIT: Duration = Duration::from_secs(10);
+
+/// Waits until no write of an epoch older than this shard's is still being applied
+/// here. A copy (or fragment) read for recovery afterwards holds every write that was
+/// acknowledged at those epochs; without the wait, a new target could copy an object
+/// just before a write accepted at the old epoch lands, and miss it for good.
+pub(crate) async fn drained() {
+    let now = gateway::current_epoch();
+    let end = std::time::Instant::now() + DRAIN_LIMIT;
+    while WRITING.with(|w| w.borrow().range(..now).next().is_some()) {
+        if std::time::Instant::now() >= end {
+            tracing::warn!(
+                epoch = now,
+                "writes of older epochs still running after {DRAIN_LIMIT:?}"
+            );
+            return;
+        }
+        glommio::timer::sleep(Duration::from_millis(1)).await;
+    }
 }
 
 /// Brings this node's copy of `oid` up to date: asks every other member for its copy
 /// and, if one was written at a later epoch than ours, replaces ours with it. Returns
 /// the bytes copied.
-async fn settle_copy(gw: &Gateway, v: &ClusterView, oid: u64) -> Rpc<u64> {
+async fn settle_copy(gw: &Gateway, v: &ClusterView, oid: u64, why: Why) -> Rpc<u64> {
     let sh = gw.shard();
     let mine = sh.stat(oid).await?;
     let mut stat = Call::new(Op::Stat, oid);
-    stat.flags = FLAG_RECOVERY;
+    stat.flags = recovery_flags(why);
     let others: Vec<SocketAddr> = v
         .members
         .iter()
@@ -329,9 +422,31 @@ async fn settle_copy(gw: &Gateway, v: &ClusterView, oid: u64) -> Rpc<u64> {
     }
     match best {
         Some((info, from)) if mine.is_none_or(|m| info.epoch > m.epoch) => {
-            copy_from(gw, v.epoch, from, oid, info).await
+            copy_from(gw, v.epoch, from, oid, info, why).await
         }
         _ => Ok(0),
+    }
+}
+
+fn recovery_flags(why: Why) -> u8 {
+    match why {
+        Why::Client => FLAG_RECOVERY | FLAG_URGENT,
+        Why::Background => FLAG_RECOVERY,
+    }
+}
+
+/// Checks a peer's `(length, has_data)` runs of an object of `size` bytes: they must
+/// cover it exactly (a peer's answer is outside input).
+pub(crate) fn check_runs(runs: &[(u64, bool)], size: u64) -> Result<(), StoreError> {
+    let total = runs
+        .iter()
+        .try_fold(0u64, |t, &(len, _)| t.checked_add(len));
+    if total == Some(size) {
+        Ok(())
+    } else {
+        Err(StoreError::Invalid(format!(
+            "a peer's extents cover {total:?} bytes of a {size}-byte object"
+        )))
     }
 }
 
@@ -344,16 +459,18 @@ async fn copy_from(
     from: SocketAddr,
     oid: u64,
     info: ObjectInfo,
+    why: Why,
 ) -> Rpc<u64> {
     let sh = gw.shard();
     let t = Target::Remote(from);
     let mut ext = Call::new(Op::Extents, oid);
     ext.len = info.size;
-    ext.flags = FLAG_RECOVERY;
+    ext.flags = recovery_flags(why);
     let runs = match gw.exec(epoch, t, &ext).await? {
         Reply::Extents(e) => e,
         _ => return Err(StoreError::Invalid("extents answer expected".into()).into()),
     };
+    check_runs(&runs, info.size)?;
     let mut pieces = Vec::new();
     let mut at = 0u64;
     for (len, data) in runs {
@@ -376,7 +493,7 @@ async fn copy_from(
         let mut rd = Call::new(Op::Read, oid);
         rd.offset = offset;
         rd.len = len;
-        rd.flags = FLAG_RECOVERY;
+        rd.flags = recovery_flags(why);
         let bytes = match gw.exec(epoch, t, &rd).await? {
             Reply::Data(d) if d.len() as u64 == len => d,
             _ => {
@@ -387,10 +504,15 @@ async fn copy_from(
             .await?;
         copied += len;
         counters(sh.id).bytes.fetch_add(len, Ordering::Relaxed);
-        throttle(len, sh.shards).await;
+        if why == Why::Background {
+            throttle(len, sh.shards).await;
+        }
     }
     if pieces.is_empty() {
-        // An object with no data at all still exists.
+        // An object with no data at all still exists: a discard alone creates nothing,
+        // so one block is written first.
+        let block = vec![0u8; 4096.min(info.size as usize)];
+        sh.write(oid, 0, &block, meta(false)).await?;
         sh.discard(oid, 0, info.size, meta(true)).await?;
     }
     tracing::debug!(
@@ -466,6 +588,9 @@ pub(crate) fn on_view(sh: &Rc<Shard>, v: &Arc<ClusterView>) {
     let start = LOCAL.with(|l| {
         let mut l = l.borrow_mut();
         l.views.insert(v.epoch, v.clone());
+        // Checks of older epochs say nothing about the targets of this one.
+        let epoch = v.epoch;
+        l.checked.retain(|_, (e, _)| *e >= epoch);
         while l.views.len() > KEPT_VIEWS {
             l.views.pop_first();
         }
@@ -707,7 +832,7 @@ async fn recover(gw: &Gateway, v: &ClusterView, it: &Item) -> Rpc<()> {
     let sh = gw.shard();
     match *it {
         Item::Copy { oid, copies } if placed_here(v, oid, Place::Copy(copies)) => {
-            ready_here(sh, oid, copies).await
+            ready_here(sh, oid, copies, Why::Background).await
         }
         Item::Copy { oid, copies } => hand_off(gw, v, oid, copies).await,
         Item::Erasure { oid, lay, ref held } => recover_fragments(gw, v, oid, &lay, held).await,
@@ -731,6 +856,9 @@ async fn hand_off(gw: &Gateway, v: &ClusterView, oid: u64, copies: usize) -> Rpc
             _ => return Err(not_ready(oid, "a target does not hold it yet")),
         }
     }
+    if stale(v) {
+        return Err(RpcError::Retry("a newer epoch started".into()));
+    }
     gw.shard().remove(oid).await?;
     forget(oid);
     tracing::debug!(
@@ -751,6 +879,14 @@ async fn recover_fragments(
     held: &[u64],
 ) -> Rpc<()> {
     let r = gw.ec_recovery_check(oid, lay).await?;
+    if stale(v) {
+        // The check ran at a newer epoch: this view's slots are not the ones it fixed.
+        return Err(RpcError::Retry("a newer epoch started".into()));
+    }
+    if r.objects == 0 && !held.is_empty() {
+        // We hold a fragment, yet the check found none: some holder did not answer.
+        return Err(not_ready(oid, "the check found no fragment"));
+    }
     if r.lost > 0 {
         return Err(StoreError::Io {
             what: format!("object {oid:#018x}"),
@@ -768,6 +904,9 @@ async fn recover_fragments(
     if r.unplaced == 0 {
         for &k in held {
             if slot.is_none_or(|j| k != fragment_oid(oid, j as u8)) {
+                if stale(v) {
+                    return Err(RpcError::Retry("a newer epoch started".into()));
+                }
                 crate::ec::drop_fragment(gw.shard(), k).await?;
                 forget(k);
             }
@@ -871,5 +1010,53 @@ mod tests {
             Some(Place::Fragment { width, slot: j }),
             &v1
         ));
+    }
+
+    #[test]
+    fn a_settle_whose_request_went_away_does_not_block_the_key() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                install(&[]);
+                let never = settle_once::<()>(7, 1, futures::future::pending());
+                let wait = glommio::timer::sleep(Duration::from_millis(10));
+                // The client's connection ends: its request future is dropped.
+                let _ = futures::future::select(Box::pin(never), Box::pin(wait)).await;
+                assert!(!settling(7));
+                settle_once::<()>(7, 1, async { Ok(()) }).await.unwrap();
+                assert!(LOCAL.with(|l| l.borrow().current.get(&7) == Some(&1)));
+            })
+            .unwrap()
+            .join()
+            .unwrap();
+    }
+
+    #[test]
+    fn recovery_reads_wait_for_writes_of_older_epochs() {
+        glommio::LocalExecutorBuilder::default()
+            .spawn(|| async {
+                gateway::set_view(Some(view(5, &[0, 1, 2])));
+                let w = applying(5).unwrap();
+                gateway::set_view(Some(view(6, &[0, 1])));
+                // A write sent at 5 that arrives now is refused (the gateway retries).
+                assert!(matches!(applying(5), Err(StoreError::NotReady(_))));
+                let _at_6 = applying(6).unwrap();
+                let done = Rc::new(Cell::new(false));
+                let d = done.clone();
+                let writer = glommio::spawn_local(async move {
+                    glommio::timer::sleep(Duration::from_millis(30)).await;
+                    d.set(true);
+                    drop(w);
+                });
+                drained().await;
+                assert!(
+                    done.get(),
+                    "a recovery read ran before the epoch-5 write was in"
+                );
+                writer.await;
+                gateway::set_view(None);
+            })
+            .unwrap()
+            .join()
+            .unwrap();
     }
 }

@@ -36,6 +36,18 @@ pub fn owner_of(partition: u32, shards: usize) -> usize {
     partition as usize % shards
 }
 
+/// How a write or discard is applied.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriteMode {
+    /// Apply only if this node holds the object, else `NotFound` (a gateway's partial
+    /// write must not create a copy whose other bytes read as zeros).
+    pub must_exist: bool,
+    /// Sent by a gateway at `meta.epoch`: refused once this shard is past that epoch
+    /// (the gateway retries), and counted while it is applied, so that recovery can
+    /// wait for every write of an older epoch (`recovery::applying`).
+    pub client: bool,
+}
+
 /// A request that crossed to the owning shard.
 #[derive(Debug)]
 pub enum Op {
@@ -44,7 +56,7 @@ pub enum Op {
         offset: u64,
         data: Vec<u8>,
         meta: WriteMeta,
-        must_exist: bool,
+        mode: WriteMode,
     },
     Read {
         oid: u64,
@@ -56,6 +68,7 @@ pub enum Op {
         offset: u64,
         len: u64,
         meta: WriteMeta,
+        client: bool,
     },
     Remove {
         oid: u64,
@@ -227,9 +240,9 @@ impl Shard {
                 offset,
                 data,
                 meta,
-                must_exist,
+                mode,
             } => self
-                .write_local(self.route(oid).0, oid, offset, &data, meta, must_exist)
+                .write_local(self.route(oid).0, oid, offset, &data, meta, mode)
                 .await
                 .map(|_| Reply::Done),
             Op::Read { oid, offset, len } => self
@@ -242,11 +255,16 @@ impl Shard {
                 offset,
                 len,
                 meta,
-            } => self
-                .local(self.route(oid).0)?
-                .discard(oid, offset, len, meta)
-                .await
-                .map(|_| Reply::Done),
+                client,
+            } => {
+                let _applying = client
+                    .then(|| crate::recovery::applying(meta.epoch))
+                    .transpose()?;
+                self.local(self.route(oid).0)?
+                    .discard(oid, offset, len, meta)
+                    .await
+                    .map(|_| Reply::Done)
+            }
             Op::Remove { oid } => self
                 .local(self.route(oid).0)?
                 .remove(oid)
@@ -268,13 +286,15 @@ impl Shard {
 
     async fn serve_mesh_request(self: &Rc<Self>, op: Op) -> Result<Reply> {
         match op {
-            Op::Ready { oid, copies } => crate::recovery::ready_here(self, oid, copies)
-                .await
-                .map(|_| Reply::Done)
-                .map_err(|e| match e {
-                    crate::peer::RpcError::Store(e) => e,
-                    e => StoreError::NotReady(e.to_string()),
-                }),
+            Op::Ready { oid, copies } => {
+                crate::recovery::ready_here(self, oid, copies, crate::recovery::Why::Client)
+                    .await
+                    .map(|_| Reply::Done)
+                    .map_err(|e| match e {
+                        crate::peer::RpcError::Store(e) => e,
+                        e => StoreError::NotReady(e.to_string()),
+                    })
+            }
             op => self.execute(op).await,
         }
     }
@@ -291,25 +311,22 @@ impl Shard {
 
     /// Writes `data` at `offset` of `oid`; returns when durable.
     pub async fn write(&self, oid: u64, offset: u64, data: &[u8], meta: WriteMeta) -> Result<()> {
-        self.write_if(oid, offset, data, meta, false).await
+        self.write_if(oid, offset, data, meta, WriteMode::default())
+            .await
     }
 
-    /// [`Shard::write`]; with `must_exist`, an object this node does not hold is left
-    /// alone and the answer is `NotFound`. A gateway writes part of an object this way,
-    /// so that a node that never had the object (a new target after a failure) is not
-    /// left with a copy whose other bytes read as zeros.
+    /// [`Shard::write`], applied as `mode` says.
     pub async fn write_if(
         &self,
         oid: u64,
         offset: u64,
         data: &[u8],
         meta: WriteMeta,
-        must_exist: bool,
+        mode: WriteMode,
     ) -> Result<()> {
         match self.route(oid) {
             (p, owner) if owner == self.id => {
-                self.write_local(p, oid, offset, data, meta, must_exist)
-                    .await
+                self.write_local(p, oid, offset, data, meta, mode).await
             }
             (_, owner) => self
                 .remote(
@@ -319,7 +336,7 @@ impl Shard {
                         offset,
                         data: data.to_vec(),
                         meta,
-                        must_exist,
+                        mode,
                     },
                 )
                 .await
@@ -334,10 +351,14 @@ impl Shard {
         offset: u64,
         data: &[u8],
         meta: WriteMeta,
-        must_exist: bool,
+        mode: WriteMode,
     ) -> Result<()> {
+        let _applying = mode
+            .client
+            .then(|| crate::recovery::applying(meta.epoch))
+            .transpose()?;
         let part = self.local(p)?;
-        if must_exist && part.stat(oid).is_none() {
+        if mode.must_exist && part.stat(oid).is_none() {
             return Err(StoreError::NotFound(oid));
         }
         part.write(oid, offset, data, meta).await
@@ -357,6 +378,18 @@ impl Shard {
     }
 
     pub async fn discard(&self, oid: u64, offset: u64, len: u64, meta: WriteMeta) -> Result<()> {
+        self.discard_as(oid, offset, len, meta, false).await
+    }
+
+    /// [`Shard::discard`]; `client` as in [`WriteMode`].
+    pub async fn discard_as(
+        &self,
+        oid: u64,
+        offset: u64,
+        len: u64,
+        meta: WriteMeta,
+        client: bool,
+    ) -> Result<()> {
         self.call(
             oid,
             Op::Discard {
@@ -364,6 +397,7 @@ impl Shard {
                 offset,
                 len,
                 meta,
+                client,
             },
         )
         .await

@@ -76,6 +76,9 @@ pub const FLAG_REPAIR: u8 = 16;
 /// is, without first bringing it up to date (which would ask the sender back); an
 /// EcCheck is skipped if the primary already completed one at this epoch.
 pub const FLAG_RECOVERY: u8 = 32;
+/// With `FLAG_RECOVERY`: a client waits for this (its request needs the copy now), so
+/// the peer serves it at its clients' priority rather than after them.
+pub const FLAG_URGENT: u8 = 64;
 
 /// Status of a response: 0, or one of these.
 pub mod status {
