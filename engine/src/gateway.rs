@@ -265,7 +265,8 @@ impl Gateway {
             Target::Local if is_ec(c.op) && !sh.owns(c.oid) => own_peer_addr(c.oid)?,
             Target::Local => {
                 if needs_ready(c) {
-                    Box::pin(crate::recovery::ready(sh, c.oid, c.geometry as usize)).await?;
+                    let why = crate::recovery::Why::of(c.op);
+                    Box::pin(crate::recovery::ready(sh, c.oid, c.geometry as usize, why)).await?;
                 }
                 // Copies record the epoch of their last write (recovery compares them).
                 let meta = WriteMeta {
@@ -467,6 +468,9 @@ impl Gateway {
                     Ok(Reply::Stat(None)) => {}
                     Ok(r) => return Ok(Some(r)),
                     Err(RpcError::Store(StoreError::NotFound(_))) => {}
+                    // Not up to date yet (recovery): it is being fetched; the next copy
+                    // may serve, else the whole read is tried again.
+                    Err(e @ RpcError::Store(StoreError::NotReady(_))) => failed = Some(e),
                     Err(e) => {
                         tracing::warn!(
                             oid = format!("{oid:#018x}"),

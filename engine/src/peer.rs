@@ -209,7 +209,8 @@ async fn serve_op(
     };
     let c = Call::of_frame(h, payload);
     if crate::gateway::needs_ready(&c) {
-        crate::recovery::ready(sh, h.oid, h.geometry as usize).await?;
+        let why = crate::recovery::Why::of(h.op());
+        crate::recovery::ready(sh, h.oid, h.geometry as usize, why).await?;
     } else if c.from_recovery() {
         // Every write acknowledged at an older epoch is in before a copy is read.
         crate::recovery::drained().await;

@@ -243,22 +243,37 @@ fn not_ready(key: u64, e: impl std::fmt::Display) -> RpcError {
 /// Runs before a target serves a client's request for replicated object `oid`
 /// (placed with `copies` copies, 0 if unknown): if this node's copy may have missed
 /// writes, it is brought up to date first (objects clients wait for go first).
-pub(crate) async fn ready(sh: &Rc<Shard>, oid: u64, copies: usize) -> Rpc<()> {
+pub(crate) async fn ready(sh: &Rc<Shard>, oid: u64, copies: usize, why: Why) -> Rpc<()> {
     if sh.owns(oid) {
-        ready_here(sh, oid, copies, Why::Client).await
+        ready_here(sh, oid, copies, why).await
     } else {
-        Ok(sh.ready_on_owner(oid, copies).await?)
+        Ok(sh.ready_on_owner(oid, copies, why).await?)
     }
 }
 
-/// Who waits for a copy to be brought up to date.
+/// Who needs a copy brought up to date.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Why {
-    /// A client's request: as fast as possible (no rate limit, peers serve it at their
-    /// clients' priority).
-    Client,
+pub enum Why {
+    /// A client's change (write, discard): it waits, and the copy is fetched as fast as
+    /// possible (no rate limit, peers serve it at their clients' priority).
+    Change,
+    /// A client's read: another copy may serve it, so a copy that is not current
+    /// answers "not ready" at once (the gateway tries the next) and is fetched
+    /// meanwhile, as for a change.
+    Read,
     /// The background pass: at the configured rate, after the peers' clients.
     Background,
+}
+
+impl Why {
+    /// For a client request of `op`. A `Stat` waits: recovery's hand-off asks targets
+    /// for it to have them fetch the object.
+    pub(crate) fn of(op: Op) -> Why {
+        match op {
+            Op::Read | Op::Extents => Why::Read,
+            _ => Why::Change,
+        }
+    }
 }
 
 /// [`ready`] on the shard that owns `oid`.
@@ -274,6 +289,24 @@ pub(crate) async fn ready_here(sh: &Rc<Shard>, oid: u64, copies: usize, why: Why
     if complete_at(v.epoch) && !settling(oid) && sh.stat(oid).await?.is_none() {
         mark_current(oid, v.epoch);
         return Ok(());
+    }
+    if why == Why::Read {
+        if !settling(oid) {
+            let sh = sh.clone();
+            glommio::spawn_local(async move {
+                if let Err(e) = ready_here(&sh, oid, copies, Why::Change).await {
+                    tracing::debug!(
+                        oid = format!("{oid:#018x}"),
+                        "bringing a copy up to date: {e}"
+                    );
+                }
+            })
+            .detach();
+        }
+        return Err(not_ready(
+            oid,
+            "this copy is not known to be up to date yet",
+        ));
     }
     let gw = Gateway::new(sh.clone());
     settle_once(oid, v.epoch, settle_copy(&gw, &v, oid, why)).await?;
@@ -430,7 +463,7 @@ async fn settle_copy(gw: &Gateway, v: &ClusterView, oid: u64, why: Why) -> Rpc<u
 
 fn recovery_flags(why: Why) -> u8 {
     match why {
-        Why::Client => FLAG_RECOVERY | FLAG_URGENT,
+        Why::Change | Why::Read => FLAG_RECOVERY | FLAG_URGENT,
         Why::Background => FLAG_RECOVERY,
     }
 }

@@ -88,6 +88,7 @@ pub enum Op {
     Ready {
         oid: u64,
         copies: usize,
+        why: crate::recovery::Why,
     },
 }
 
@@ -286,15 +287,13 @@ impl Shard {
 
     async fn serve_mesh_request(self: &Rc<Self>, op: Op) -> Result<Reply> {
         match op {
-            Op::Ready { oid, copies } => {
-                crate::recovery::ready_here(self, oid, copies, crate::recovery::Why::Client)
-                    .await
-                    .map(|_| Reply::Done)
-                    .map_err(|e| match e {
-                        crate::peer::RpcError::Store(e) => e,
-                        e => StoreError::NotReady(e.to_string()),
-                    })
-            }
+            Op::Ready { oid, copies, why } => crate::recovery::ready_here(self, oid, copies, why)
+                .await
+                .map(|_| Reply::Done)
+                .map_err(|e| match e {
+                    crate::peer::RpcError::Store(e) => e,
+                    e => StoreError::NotReady(e.to_string()),
+                }),
             op => self.execute(op).await,
         }
     }
@@ -449,9 +448,14 @@ impl Shard {
     }
 
     /// [`crate::recovery::ready`] for an object another shard owns.
-    pub(crate) async fn ready_on_owner(&self, oid: u64, copies: usize) -> Result<()> {
+    pub(crate) async fn ready_on_owner(
+        &self,
+        oid: u64,
+        copies: usize,
+        why: crate::recovery::Why,
+    ) -> Result<()> {
         let (_, owner) = self.route(oid);
-        self.remote(owner, Op::Ready { oid, copies })
+        self.remote(owner, Op::Ready { oid, copies, why })
             .await
             .map(|_| ())
     }
