@@ -144,20 +144,6 @@ fn store_error(e: StoreError) -> Response {
     vdi_error(VdiError::Store(e))
 }
 
-/// This node's recovery state, as the admin protocol carries it.
-fn recovery_stat() -> RecoveryStat {
-    let p = recovery::progress();
-    RecoveryStat {
-        epoch: p.epoch,
-        complete: p.complete,
-        objects_total: p.objects_total,
-        objects_done: p.objects_done,
-        bytes: p.bytes,
-        enabled: p.enabled,
-        rate: p.rate,
-    }
-}
-
 /// Asks another member for its recovery state; `Err` says why there is none.
 fn ask_recovery(id: NodeId) -> Result<RecoveryStat, String> {
     // One phrase: a timeout said as such, no "(os error N)" suffix.
@@ -210,7 +196,7 @@ fn members_recovery(v: &ClusterView) -> Vec<MemberRecovery> {
                 .collect();
             for (i, id, thread) in asked {
                 let stat = match thread {
-                    None => Ok(recovery_stat()),
+                    None => Ok(recovery::progress()),
                     Some(Ok(t)) => t
                         .join()
                         .unwrap_or_else(|_| Err("the recovery query failed".into())),
@@ -339,7 +325,7 @@ impl Node {
                 Ok(Response::Ok)
             }
             Request::NodeStop => Ok(Response::Ok),
-            Request::RecoveryStat => Ok(Response::Recovery(recovery_stat())),
+            Request::RecoveryStat => Ok(Response::Recovery(recovery::progress())),
             Request::RecoverSet { enabled, rate } => self.recover_set(enabled, rate),
             req => {
                 let _serial = self.admin.lock().unwrap_or_else(|p| p.into_inner());

@@ -10,7 +10,7 @@ use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{Call, RpcError};
 use crate::shard::{Reply, Shard};
 use crate::vdi::{self, Objects};
-use collie_net::admin::CheckReport;
+use collie_net::admin::{CheckReport, RecoveryStat};
 use collie_net::peer::{Op, FLAG_RECOVERY, FLAG_URGENT};
 use collie_placement::ids::{base_oid, fragment_oid, object_kind, ObjectKind, Vid};
 use futures::channel::oneshot;
@@ -26,28 +26,11 @@ use std::time::Duration;
 
 type Rpc<T> = std::result::Result<T, RpcError>;
 
-/// Where this node's recovery stands (summed over its shards).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct Progress {
-    /// The epoch the counters are for.
-    pub epoch: u32,
-    /// Recovery for `epoch` has finished on every shard.
-    pub complete: bool,
-    /// Objects (copies, or erasure-coded objects this node holds a fragment of) to
-    /// look at in this epoch, and how many are done.
-    pub objects_total: u64,
-    pub objects_done: u64,
-    /// Bytes copied or rebuilt onto this node in this epoch.
-    pub bytes: u64,
-    /// `dog cluster recover disable` pauses it.
-    pub enabled: bool,
-    /// Bytes per second at most; 0 is no limit.
-    pub rate: u64,
-}
-
 /// Background recovery's default limit per node. Measured here (fio-profiles/recovery.sh,
-/// 7 nodes on 2 cores): unlimited, recovery copied ~450 MiB/s and a client's p99 read
-/// latency rose 7x while it ran; at 40-64 MiB/s per node it stayed within 3x.
+/// 7 nodes on 2 cores, 1G): unlimited, recovery copied ~450 MiB/s and a client's p99
+/// read latency was 7x its idle value while it ran; 64 MiB/s: 4.9x, 40 MiB/s: 2.9x,
+/// 32 MiB/s: 3.4x (runs vary by about 1x). Faster machines want more: `dog cluster
+/// recover rate`.
 pub const DEFAULT_RATE: u64 = 64 << 20;
 
 static ENABLED: AtomicBool = AtomicBool::new(true);
@@ -55,18 +38,18 @@ static RATE: AtomicU64 = AtomicU64::new(DEFAULT_RATE);
 
 /// This node's recovery state: the newest epoch any shard works on, summed over the
 /// shards at that epoch.
-pub fn progress() -> Progress {
+pub fn progress() -> RecoveryStat {
     let epoch = SHARDS
         .iter()
         .map(|c| c.epoch.load(Ordering::Relaxed))
         .max()
         .unwrap_or(0);
-    let mut p = Progress {
+    let mut p = RecoveryStat {
         epoch,
         complete: true,
         enabled: ENABLED.load(Ordering::Relaxed),
         rate: RATE.load(Ordering::Relaxed),
-        ..Progress::default()
+        ..RecoveryStat::default()
     };
     for c in SHARDS
         .iter()

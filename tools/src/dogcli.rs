@@ -47,6 +47,10 @@ pub enum Command {
     ClusterRecoverInfo {
         raw: bool,
     },
+    /// `cluster check`: `vdi check` of every VDI.
+    ClusterCheck {
+        raw: bool,
+    },
     NodeInfo {
         raw: bool,
     },
@@ -188,10 +192,11 @@ struct CmdSpec {
 
 /// Sheepdog's command tree, the part Collie implements.
 #[rustfmt::skip]
-const COMMANDS: [CmdSpec; 19] = [
+const COMMANDS: [CmdSpec; 20] = [
     cmd("cluster", "format", &[Opt::Copies, Opt::Force], "", 0, 0, "format the cluster (default redundancy: 3 copies)"),
     cmd("cluster", "info", &[Opt::Raw], "", 0, 0, "show status, recovery, creation time and epoch history"),
     cmd("cluster", "shutdown", &[], "", 0, 0, "stop every sheep cleanly"),
+    cmd("cluster", "check", &[Opt::Raw], "", 0, 0, "verify every copy and stripe of every VDI and repair what is wrong"),
     cmd("cluster", "recover info", &[Opt::Raw], "", 0, 0, "show whether each node recovers, and at what rate"),
     cmd("cluster", "recover enable", &[], "", 0, 0, "resume background recovery on every node"),
     cmd("cluster", "recover disable", &[], "", 0, 0, "pause background recovery on every node (objects clients use are still recovered)"),
@@ -531,6 +536,7 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
         ("cluster", "info") => Command::ClusterInfo { raw: seen.raw },
         ("cluster", "shutdown") => Command::ClusterShutdown,
         ("cluster", "recover info") => Command::ClusterRecoverInfo { raw: seen.raw },
+        ("cluster", "check") => Command::ClusterCheck { raw: seen.raw },
         ("cluster", "recover enable") => Command::ClusterRecover {
             enabled: Some(true),
             rate: None,
@@ -860,16 +866,21 @@ pub fn format_node_recovery(members: &[MemberRecovery], raw: bool) -> String {
         .ok();
     }
     if !raw {
-        let notes = recovery_notes(members);
-        if !notes.is_empty() {
-            out.push('\n');
-            for n in notes {
-                out.push_str(&n);
-                out.push('\n');
-            }
-        }
+        push_recovery_notes(&mut out, members);
     }
     out
+}
+
+/// Appends, after a blank line, a note per member that did not answer.
+fn push_recovery_notes(out: &mut String, members: &[MemberRecovery]) {
+    let notes = recovery_notes(members);
+    if !notes.is_empty() {
+        out.push('\n');
+        for n in notes {
+            out.push_str(&n);
+            out.push('\n');
+        }
+    }
 }
 
 /// The header `dog cluster recover info` prints above its rows (not in raw mode).
@@ -901,14 +912,7 @@ pub fn format_recover_info(members: &[MemberRecovery], raw: bool) -> String {
         }
     }
     if !raw {
-        let notes = recovery_notes(members);
-        if !notes.is_empty() {
-            out.push('\n');
-            for n in notes {
-                out.push_str(&n);
-                out.push('\n');
-            }
-        }
+        push_recovery_notes(&mut out, members);
     }
     out
 }
@@ -979,6 +983,15 @@ pub fn object_not_written(oid: u64) -> String {
 /// it reads) as 8 hex digits; nothing at all when no node holds the object.
 /// `dog vdi check`: one summary (raw: `objects stripes consistent repaired lost
 /// unplaced`). Stripes counted consistent were so before any repair.
+/// Why `dog vdi check` / `dog cluster check` fails: what of `name` cannot be read.
+pub fn check_lost(name: &str, r: &CheckReport) -> Option<String> {
+    match (r.lost, r.stripes) {
+        (0, _) => None,
+        (n, 0) => Some(format!("{n} objects of '{name}' have no readable copy")),
+        (n, _) => Some(format!("{n} stripes of '{name}' cannot be decoded")),
+    }
+}
+
 pub fn format_check(name: &str, r: &CheckReport, raw: bool) -> String {
     if raw {
         return format!(
@@ -1145,7 +1158,7 @@ pub fn format_node_info(ni: &NodeInfo, raw: bool) -> String {
 
 /// Sheepdog's raw-mode escaping: a backslash before whitespace and backslashes, so a
 /// line splits on spaces.
-fn escape(s: &str) -> String {
+pub fn escape(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
     for c in s.chars() {
         if c.is_whitespace() || c == '\\' {
@@ -1627,7 +1640,7 @@ mod tests {
         assert_eq!(
             e.usage,
             "usage:\n  dog cluster format [-c N|D:P] [-f]\n  dog cluster info [-r]\n  \
-             dog cluster shutdown\n  dog cluster recover info [-r]\n  \
+             dog cluster shutdown\n  dog cluster check [-r]\n  dog cluster recover info [-r]\n  \
              dog cluster recover enable\n  dog cluster recover disable\n  \
              dog cluster recover rate RATE\nrun 'dog -h' for options\n"
         );

@@ -132,11 +132,16 @@ fn three_copies_heal_after_joins_and_deaths() {
     c.wait_recovered(SETTLE);
     verify(f, "second", &c.nodes[3], "replica", "64M");
     assert_fully_placed(&c.nodes[0], "replica", 24, 3);
-    // `dog vdi check` compares every copy: all identical, nothing to repair.
+    // `dog vdi check` compares every copy: all identical, nothing to repair; `dog
+    // cluster check` does so for every VDI.
     let [objects, _, consistent, repaired, lost, unplaced] = c.nodes[1].vdi_check("replica");
     assert_eq!(
         (objects, consistent, repaired, lost, unplaced),
         (24, 24, 0, 0, 0)
+    );
+    assert_eq!(
+        c.nodes[2].dog_ok(&["cluster", "check", "-r"]),
+        "replica 24 0 24 0 0 0\n"
     );
 }
 

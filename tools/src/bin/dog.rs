@@ -10,7 +10,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use collie_net::admin::{
-    AdminClient, MemberRecovery, NodeEntry, NodeInfo, Request, Response, VdiInfo, MAX_DATA,
+    AdminClient, CheckReport, MemberRecovery, NodeEntry, NodeInfo, Request, Response, VdiInfo,
+    MAX_DATA,
 };
 use collie_tools::dogcli::{self, Command, Invocation, Parsed, TimeZone, EXIT_FAILURE, EXIT_USAGE};
 
@@ -102,6 +103,17 @@ impl Session {
     fn call_ok(&mut self, req: &Request) -> Result<()> {
         match self.call(req)? {
             Response::Ok => Ok(()),
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// `vdi check` (always repairing, as Sheepdog's) of one VDI.
+    fn vdi_check(&mut self, name: &str) -> Result<CheckReport> {
+        match self.call(&Request::VdiCheck {
+            name: name.to_owned(),
+            repair: true,
+        })? {
+            Response::Check(r) => Ok(r),
             other => Err(unexpected(&other)),
         }
     }
@@ -278,22 +290,32 @@ fn run(inv: &Invocation) -> Result<()> {
             };
             write_stdout(dogcli::format_object_location(&loc, nodes, *raw).as_bytes())
         }
-        Command::VdiCheck { name, raw } => match s.call(&Request::VdiCheck {
-            name: name.clone(),
-            repair: true,
-        })? {
-            Response::Check(r) => {
-                write_stdout(dogcli::format_check(name, &r, *raw).as_bytes())?;
-                if r.lost > 0 {
-                    return Err(Fail::Msg(format!(
-                        "{} stripes of '{name}' cannot be decoded",
-                        r.lost
-                    )));
-                }
-                Ok(())
+        Command::VdiCheck { name, raw } => {
+            let r = s.vdi_check(name)?;
+            write_stdout(dogcli::format_check(name, &r, *raw).as_bytes())?;
+            dogcli::check_lost(name, &r).map_or(Ok(()), |m| Err(Fail::Msg(m)))
+        }
+        Command::ClusterCheck { raw } => {
+            // Every VDI in turn (raw: NAME then vdi check's six numbers); all of them
+            // are checked even if one has lost data.
+            let mut lost = Vec::new();
+            for v in s.vdi_list()?.iter().filter(|v| v.snap_id == 0) {
+                let r = s.vdi_check(&v.name)?;
+                let line = dogcli::format_check(&v.name, &r, *raw);
+                let line = if *raw {
+                    format!("{} {line}", dogcli::escape(&v.name))
+                } else {
+                    line
+                };
+                write_stdout(line.as_bytes())?;
+                lost.extend(dogcli::check_lost(&v.name, &r));
             }
-            other => Err(unexpected(&other)),
-        },
+            if lost.is_empty() {
+                Ok(())
+            } else {
+                Err(Fail::Msg(lost.join("; ")))
+            }
+        }
         Command::VdiRead { name, offset, len } => vdi_read(&mut s, name, *offset, *len),
         Command::VdiWrite { name, offset, len } => vdi_write(&mut s, name, *offset, *len),
     }
