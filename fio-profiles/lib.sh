@@ -79,7 +79,8 @@ disk_of() { df -h --output=source,fstype "$1" | tail -1 | tr -s ' '; }
 disk_written() {
     local dev
     dev=$(basename "$(df --output=source "$1" | tail -1)")
-    awk '{ print $7 * 512 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
+    # %.0f: awk prints large products in exponent form, which bash cannot count with.
+    awk '{ printf "%.0f\n", $7 * 512 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
 }
 
 # need COMMAND PACKAGE: returns once COMMAND exists, installing PACKAGE with apt-get (as
