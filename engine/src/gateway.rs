@@ -163,6 +163,43 @@ fn is_ec(op: Op) -> bool {
     )
 }
 
+/// A replicated-object client call as the shard mesh carries it.
+fn shard_op(c: &Call<'_>, meta: WriteMeta) -> crate::shard::Op {
+    use crate::shard::Op as S;
+    let oid = c.oid;
+    match c.op {
+        Op::Write => S::Write {
+            oid,
+            offset: c.offset,
+            data: c.payload.to_vec(),
+            meta,
+            mode: WriteMode {
+                must_exist: c.must_exist(),
+                client: true,
+            },
+        },
+        Op::Discard => S::Discard {
+            oid,
+            offset: c.offset,
+            len: c.len,
+            meta,
+            client: true,
+        },
+        Op::Read => S::Read {
+            oid,
+            offset: c.offset,
+            len: c.len,
+        },
+        Op::Extents => S::Extents {
+            oid,
+            offset: c.offset,
+            len: c.len,
+        },
+        // Stat: `needs_ready` admits nothing else.
+        _ => S::Stat { oid },
+    }
+}
+
 /// Whether a target brings its copy up to date before serving `c` (see
 /// [`crate::recovery::ready`]): client requests on replicated objects, not the ones
 /// recovery itself sends.
@@ -264,15 +301,21 @@ impl Gateway {
             // the fragment headers and orders writes): through its peer port.
             Target::Local if is_ec(c.op) && !sh.owns(c.oid) => own_peer_addr(c.oid)?,
             Target::Local => {
-                if needs_ready(c) {
-                    let why = crate::recovery::Why::of(c.op);
-                    Box::pin(crate::recovery::ready(sh, c.oid, c.geometry as usize, why)).await?;
-                }
                 // Copies record the epoch of their last write (recovery compares them).
                 let meta = WriteMeta {
                     epoch: epoch.max(c.meta.epoch),
                     ..c.meta
                 };
+                if needs_ready(c) {
+                    let why = crate::recovery::Why::of(c.op);
+                    let copies = c.geometry as usize;
+                    if !sh.owns(c.oid) {
+                        // One round trip: the owner brings its copy up to date and serves.
+                        let op = shard_op(c, meta);
+                        return Ok(Box::pin(sh.client(op, copies, why)).await?);
+                    }
+                    Box::pin(crate::recovery::ready_here(sh, c.oid, copies, why)).await?;
+                }
                 return Ok(match c.op {
                     Op::Write => {
                         let mode = WriteMode {

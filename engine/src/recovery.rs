@@ -230,7 +230,9 @@ pub(crate) async fn ready(sh: &Rc<Shard>, oid: u64, copies: usize, why: Why) -> 
     if sh.owns(oid) {
         ready_here(sh, oid, copies, why).await
     } else {
-        Ok(sh.ready_on_owner(oid, copies, why).await?)
+        let stat = crate::shard::Op::Stat { oid };
+        sh.client(stat, copies, why).await.map(|_| ())?;
+        Ok(())
     }
 }
 

@@ -83,13 +83,30 @@ pub enum Op {
     },
     List,
     Stats,
-    /// Bring this node's copy of a replicated object up to date before a request for
-    /// it (recovery; `copies` as the gateway placed it, 0 if unknown).
-    Ready {
-        oid: u64,
+    /// A client's request `op` on a replicated object: the owner first brings its
+    /// copy up to date (`recovery::ready`; `copies` as the gateway placed it, 0 if
+    /// unknown), then serves it. One round trip.
+    Client {
+        op: Box<Op>,
         copies: usize,
         why: crate::recovery::Why,
     },
+}
+
+impl Op {
+    /// The object an op is about (0 for node-wide ones).
+    fn oid(&self) -> u64 {
+        match self {
+            Op::Write { oid, .. }
+            | Op::Read { oid, .. }
+            | Op::Discard { oid, .. }
+            | Op::Remove { oid }
+            | Op::Stat { oid }
+            | Op::Extents { oid, .. } => *oid,
+            Op::Client { op, .. } => op.oid(),
+            Op::List | Op::Stats => 0,
+        }
+    }
 }
 
 /// The owner's answer.
@@ -280,21 +297,48 @@ impl Shard {
                 self.partitions.values().flat_map(|p| p.list()).collect(),
             )),
             Op::Stats => Ok(Reply::Stats(self.local_stats())),
-            // Needs the shard's `Rc`: served by `serve_mesh_request`.
-            Op::Ready { .. } => Err(StoreError::Invalid("ready outside the mesh".into())),
+            // Needs the shard's `Rc`: served by `serve_client`.
+            Op::Client { .. } => Err(StoreError::Invalid("a client op outside the mesh".into())),
         }
     }
 
     async fn serve_mesh_request(self: &Rc<Self>, op: Op) -> Result<Reply> {
         match op {
-            Op::Ready { oid, copies, why } => crate::recovery::ready_here(self, oid, copies, why)
-                .await
-                .map(|_| Reply::Done)
-                .map_err(|e| match e {
-                    crate::peer::RpcError::Store(e) => e,
-                    e => StoreError::NotReady(e.to_string()),
-                }),
+            Op::Client { op, copies, why } => self.serve_client(*op, copies, why).await,
             op => self.execute(op).await,
+        }
+    }
+
+    /// [`Op::Client`] on this shard, which owns the object.
+    async fn serve_client(
+        self: &Rc<Self>,
+        op: Op,
+        copies: usize,
+        why: crate::recovery::Why,
+    ) -> Result<Reply> {
+        crate::recovery::ready_here(self, op.oid(), copies, why)
+            .await
+            .map_err(|e| match e {
+                crate::peer::RpcError::Store(e) => e,
+                e => StoreError::NotReady(e.to_string()),
+            })?;
+        self.execute(op).await
+    }
+
+    /// A client's request on a replicated object, run by the shard that owns it after it
+    /// brought its copy up to date (see [`Op::Client`]).
+    pub(crate) async fn client(
+        self: &Rc<Self>,
+        op: Op,
+        copies: usize,
+        why: crate::recovery::Why,
+    ) -> Result<Reply> {
+        match self.route(op.oid()) {
+            (_, owner) if owner == self.id => self.serve_client(op, copies, why).await,
+            (_, owner) => {
+                let op = Box::new(op);
+                self.remote(owner, Op::Client { op, copies, why }).await
+            }
         }
     }
 
@@ -445,19 +489,6 @@ impl Shard {
             }
         }
         Ok(t)
-    }
-
-    /// [`crate::recovery::ready`] for an object another shard owns.
-    pub(crate) async fn ready_on_owner(
-        &self,
-        oid: u64,
-        copies: usize,
-        why: crate::recovery::Why,
-    ) -> Result<()> {
-        let (_, owner) = self.route(oid);
-        self.remote(owner, Op::Ready { oid, copies, why })
-            .await
-            .map(|_| ())
     }
 
     async fn call(&self, oid: u64, op: Op) -> Result<Reply> {
