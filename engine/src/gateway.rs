@@ -694,23 +694,23 @@ impl Gateway {
                 version: info.version,
                 epoch,
             };
+            let pieces = crate::recovery::data_pieces(&runs);
+            let zeros = [0u8; 4096];
             for t in bad {
                 self.exec(epoch, t, &Call::new(Op::Remove, oid)).await?;
-                let mut at = 0u64;
-                let mut wrote = false;
-                for &(len, data) in &runs {
-                    if data {
-                        let mut w = Call::new(Op::Write, oid).with_copies(copies);
-                        w.offset = at;
-                        w.len = len;
-                        w.meta = meta;
-                        w.payload = &basis[at as usize..(at + len) as usize];
-                        self.exec(epoch, t, &w).await?;
-                        wrote = true;
-                    }
-                    at += len;
+                let mut w = Call::new(Op::Write, oid).with_copies(copies);
+                w.meta = meta;
+                for &(offset, len) in &pieces {
+                    w.offset = offset;
+                    w.len = len;
+                    w.payload = &basis[offset as usize..(offset + len) as usize];
+                    self.exec(epoch, t, &w).await?;
                 }
-                if !wrote {
+                if pieces.is_empty() {
+                    // All holes: a discard alone creates nothing, so one block first.
+                    w.payload = &zeros[..zeros.len().min(basis.len())];
+                    w.len = w.payload.len() as u64;
+                    self.exec(epoch, t, &w).await?;
                     let mut d = Call::new(Op::Discard, oid).with_copies(copies);
                     d.len = info.size;
                     d.meta = meta;

@@ -193,10 +193,6 @@ fn status_of(e: &StoreError) -> u32 {
     }
 }
 
-fn meta_of(h: &PeerHeader) -> WriteMeta {
-    Call::of_frame(h, &[]).meta
-}
-
 async fn serve_op(
     sh: &Rc<Shard>,
     h: &PeerHeader,
@@ -227,11 +223,10 @@ async fn serve_op(
     match h.op() {
         Op::Write => {
             let mode = WriteMode {
-                must_exist: h.flags & FLAG_MUST_EXIST != 0,
+                must_exist: c.must_exist(),
                 client: true,
             };
-            sh.write_if(h.oid, h.offset, payload, meta_of(h), mode)
-                .await?;
+            sh.write_if(h.oid, h.offset, payload, c.meta, mode).await?;
             Ok(Vec::new())
         }
         Op::Read => {
@@ -241,8 +236,7 @@ async fn serve_op(
             Ok(sh.read(h.oid, h.offset, h.len).await?)
         }
         Op::Discard => {
-            sh.discard_as(h.oid, h.offset, h.len, meta_of(h), true)
-                .await?;
+            sh.discard_as(h.oid, h.offset, h.len, c.meta, true).await?;
             Ok(Vec::new())
         }
         Op::Remove => {

@@ -489,17 +489,7 @@ async fn copy_from(
         _ => return Err(StoreError::Invalid("extents answer expected".into()).into()),
     };
     check_runs(&runs, info.size)?;
-    let mut pieces = Vec::new();
-    let mut at = 0u64;
-    for (len, data) in runs {
-        let mut o = at;
-        while data && o < at + len {
-            let n = (at + len - o).min(COPY_PIECE);
-            pieces.push((o, n));
-            o += n;
-        }
-        at += len;
-    }
+    let pieces = data_pieces(&runs);
     let meta = |last: bool| WriteMeta {
         object_size: info.size,
         version: info.version,
@@ -539,6 +529,23 @@ async fn copy_from(
         "copy brought up to date"
     );
     Ok(copied)
+}
+
+/// The `(offset, len)` pieces, at most [`COPY_PIECE`] bytes each, of the data runs
+/// among an object's `(length, has_data)` runs (checked by [`check_runs`]).
+pub(crate) fn data_pieces(runs: &[(u64, bool)]) -> Vec<(u64, u64)> {
+    let mut pieces = Vec::new();
+    let mut at = 0u64;
+    for &(len, data) in runs {
+        let mut o = at;
+        while data && o < at + len {
+            let n = (at + len - o).min(COPY_PIECE);
+            pieces.push((o, n));
+            o += n;
+        }
+        at += len;
+    }
+    pieces
 }
 
 /// Bytes per read when copying an object from another node.
