@@ -892,8 +892,10 @@ impl Gateway {
                 return Err(StoreError::NotFound(oid).into());
             }
             let basis = (0..n as usize)
-                .map(|i| decodable(&holders, i, lay.data()).ok_or_else(|| lost(oid, s0 + i as u64)))
-                .collect::<Result<Vec<u64>>>()?;
+                .map(|i| {
+                    decodable(&holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))
+                })
+                .collect::<Rpc<Vec<u64>>>()?;
             let bytes = self
                 .read_stripes(epoch, oid, lay, &holders, s0, &basis)
                 .await?;
@@ -1091,7 +1093,7 @@ impl Gateway {
             }
         }
         if let Some(i) = (0..n).find(|&i| count(&have, i) < d) {
-            return Err(lost(oid, s0 + i as u64).into());
+            return Err(unsettled(oid, s0 + i as u64));
         }
         // Decode runs of stripes that have the same fragments, one call per run.
         let mut data_frags: Vec<Vec<u8>> = vec![vec![0u8; fl]; d];
@@ -1458,8 +1460,10 @@ impl Gateway {
             return Ok(None);
         }
         let basis = (0..n as usize)
-            .map(|i| decodable(&holders, i, lay.data()).ok_or_else(|| lost(oid, s0 + i as u64)))
-            .collect::<Result<Vec<u64>>>()?;
+            .map(|i| {
+                decodable(&holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))
+            })
+            .collect::<Rpc<Vec<u64>>>()?;
         Ok(Some((basis, holders)))
     }
 
@@ -1628,13 +1632,16 @@ fn dedup(mut v: Vec<u64>) -> Vec<u64> {
     v
 }
 
-fn lost(oid: u64, stripe: u64) -> StoreError {
-    StoreError::io(
-        format!("object {oid:#018x}"),
-        std::io::Error::other(format!(
-            "stripe {stripe}: fewer fragments than needed to decode any version are reachable"
-        )),
-    )
+/// A stripe that fewer than D fragments of any one version answered for, seen by a
+/// reader or writer: tried again on a fresh look until the membership has settled
+/// (`Gateway::settled`), and only then an error. While recovery moves a fragment (it
+/// rebuilds it on its new target, then drops the copy it replaced) a reader that
+/// probes or reads the two holders at the wrong moments misses both (seen: a read just
+/// after two nodes rejoined failed at once with EIO).
+fn unsettled(oid: u64, stripe: u64) -> RpcError {
+    RpcError::Retry(format!(
+        "object {oid:#018x}: stripe {stripe}: fewer fragments than needed to decode any version are reachable"
+    ))
 }
 
 #[cfg(test)]

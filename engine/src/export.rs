@@ -54,6 +54,11 @@ fn nbd_error(e: VdiError) -> ExportError {
         VdiError::Invalid(_) | VdiError::Store(StoreError::OutOfRange(_)) => EINVAL,
         _ => EIO,
     };
+    // The client sees only an errno; the reason belongs in the log (bad requests,
+    // EINVAL, are the client's business and not logged).
+    if errno != EINVAL {
+        tracing::warn!("nbd request failed: {e}");
+    }
     ExportError {
         errno,
         message: e.to_string(),

@@ -356,6 +356,25 @@ pub struct Cluster {
     _guard: tempfile::TempDir,
 }
 
+/// A failed test leaves no directory behind, so its sheep logs are printed here: the
+/// tail of each node's log is often the only record of why a cluster misbehaved (CI).
+impl Drop for Cluster {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for (i, s) in self.nodes.iter().enumerate() {
+            let log = s.log();
+            let lines: Vec<&str> = log.lines().collect();
+            let tail = &lines[lines.len().saturating_sub(60)..];
+            eprintln!("---- node {i} sheep.log (last {} lines) ----", tail.len());
+            for l in tail {
+                eprintln!("{l}");
+            }
+        }
+    }
+}
+
 impl Cluster {
     /// Starts `n` sheep (`extra` options for each) and waits until every one sees all.
     pub fn start(name: &str, n: usize, extra: &[&str]) -> Cluster {
