@@ -255,9 +255,13 @@ fn choose(e: &StripeEntry, version: u64, keep: u64) -> usize {
     usize::from(e.slots[0].version > e.slots[1].version)
 }
 
-/// Writes stripes `s0..` of fragment `key`: chunk data (or zeros) first, then the
-/// header entries naming them, so a crash in between leaves the old entry, whose CRC
-/// no longer matches, and the kept slot intact.
+/// Writes stripes `s0..` of fragment `key`: the chunks (none for zeros) into the slots
+/// the new versions take, and the header entries naming them, in one round: both
+/// usually land in one batch of the store's log. No order is needed between them: an
+/// entry is only believed when its chunk matches the CRC32C it records, so a crash that
+/// keeps the entry but not the chunk leaves a torn slot that readers skip, and never
+/// touches the slot of the kept version. Readers of this node see the new entries only
+/// once both are durable (the cache is updated last).
 #[allow(clippy::too_many_arguments)]
 async fn frag_write(
     sh: &Shard,
@@ -278,17 +282,53 @@ async fn frag_write(
         ));
     }
     let meta = lay.meta();
+    let range = s0 as usize..s0 as usize + n;
     let cached = header(sh, key, lay).await?;
-    let current: Vec<StripeEntry> = match &cached {
-        Some(h) => h.borrow()[s0 as usize..s0 as usize + n].to_vec(),
+    let mut ents: Vec<StripeEntry> = match &cached {
+        Some(h) => h.borrow()[range.clone()].to_vec(),
         None if create => vec![StripeEntry::initial(); n],
         None => vec![StripeEntry::zeroed(); n],
     };
     let slots: Vec<usize> = (0..n)
-        .map(|i| choose(&current[i], versions[i], keeps[i]))
+        .map(|i| choose(&ents[i], versions[i], keeps[i]))
         .collect();
+    for (i, e) in ents.iter_mut().enumerate() {
+        e.slots[slots[i]] = match data {
+            Some(d) => Slot {
+                version: versions[i],
+                crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
+                flags: 0,
+            },
+            None => Slot {
+                version: versions[i],
+                crc: 0,
+                flags: SLOT_ZEROS,
+            },
+        };
+    }
+    // A new fragment gets a whole header: every other stripe zeros (a new object) or
+    // unknown (a fragment that moved here: its other stripes are elsewhere). That also
+    // hides whatever an old copy of this key left in the store.
+    let whole: Vec<StripeEntry> = match cached {
+        Some(_) => Vec::new(),
+        None => {
+            let fill = if create {
+                StripeEntry::initial()
+            } else {
+                StripeEntry::zeroed()
+            };
+            let mut all = vec![fill; lay.stripes() as usize];
+            all[range.clone()].copy_from_slice(&ents);
+            all
+        }
+    };
+    let (at, bytes): (u64, &[u8]) = if whole.is_empty() {
+        (s0 * ENTRY, bytemuck::cast_slice(&ents))
+    } else {
+        (0, bytemuck::cast_slice(&whole))
+    };
+    let mut writes = vec![sh.write(key, at, bytes, meta)];
     if let Some(data) = data {
-        let mut writes = Vec::new();
         let mut i = 0;
         while i < n {
             let mut j = i + 1;
@@ -299,56 +339,23 @@ async fn frag_write(
             writes.push(sh.write(key, at, &data[i * c..j * c], meta));
             i = j;
         }
-        for r in join_all(writes).await {
-            r?;
-        }
     }
-    // A new fragment gets a whole header: every stripe zeros (a new object) or
-    // unknown (a fragment that moved here: its other stripes are elsewhere). That also
-    // hides whatever an old copy of this key left in the store.
-    let (h, whole) = match cached {
-        Some(h) => (h, false),
-        None => {
-            let fill = if create {
-                StripeEntry::initial()
-            } else {
-                StripeEntry::zeroed()
-            };
-            cache_header(key, vec![fill; lay.stripes() as usize])
-        }
-    };
-    let (at, bytes) = {
-        let mut ents = h.borrow_mut();
-        for i in 0..n {
-            ents[s0 as usize + i].slots[slots[i]] = match data {
-                Some(d) => Slot {
-                    version: versions[i],
-                    crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
-                    flags: 0,
-                },
-                None => Slot {
-                    version: versions[i],
-                    crc: 0,
-                    flags: SLOT_ZEROS,
-                },
-            };
-        }
-        let range = if whole {
-            0..ents.len()
-        } else {
-            s0 as usize..s0 as usize + n
-        };
-        (
-            range.start as u64 * ENTRY,
-            bytemuck::cast_slice::<_, u8>(&ents[range]).to_vec(),
-        )
-    };
-    let r = sh.write(key, at, &bytes, meta).await;
-    if r.is_err() {
-        // Memory is ahead of the store now: read the store again next time.
+    if let Some(e) = join_all(writes).await.into_iter().find_map(|r| r.err()) {
+        // The store may hold part of it: read the header from the store next time.
         uncache_header(key);
+        return Err(e);
     }
-    r
+    match cached {
+        Some(h) => h.borrow_mut()[range].copy_from_slice(&ents),
+        None => {
+            let (h, fresh) = cache_header(key, whole);
+            if !fresh {
+                // Another request cached the fragment's header meanwhile: add ours.
+                h.borrow_mut()[range].copy_from_slice(&ents);
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
