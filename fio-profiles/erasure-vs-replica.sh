@@ -21,6 +21,11 @@
 #   --size SIZE      size of both VDIs = span of the sequential write; a whole number of
 #                    MiB: 512M, 1G (default 1G)
 #   --base-port N    admin ports N..N+5, NBD ports N+3809..N+3814 (default 7200)
+#   --disk MBPS[:IOPS]
+#                    give each sheep a disk of that speed (MB/s, and I/O operations per
+#                    second, in each direction) through a cgroup of its own: the cluster
+#                    is then disk-bound, as one with a disk per node is, instead of
+#                    bound by this machine's CPUs (needs root; default: no limit)
 #   --keep           keep the stores, the cluster state file and every job's JSON
 set -euo pipefail
 
@@ -42,6 +47,7 @@ while [ $# -gt 0 ]; do
         --seconds) RUNTIME=${2:?--seconds needs a value}; shift 2 ;;
         --size) SIZE=${2:?--size needs a value}; shift 2 ;;
         --base-port) BASE_PORT=${2:?--base-port needs a value}; shift 2 ;;
+        --disk) read_disk_limit "${2:?--disk needs a value}"; shift 2 ;;
         *) common_arg "$1"; shift ;;   # --keep, --help, DIR
     esac
 done
@@ -110,8 +116,8 @@ fi
 stop_sheep
 
 fio_py "$WORK" "$SIZE_DOG" "$SIZE_BYTES" "$SPAN" "$WROTE" "$RUNTIME" "$BASE_PORT" "$NBD_PORT" \
-       "$EC_ERROR" "$SEQ_WRITE" "${AFTER[@]}" <<'EOF'
-work, size, size_bytes, span, wrote, seconds, base_port, nbd_port, ec_error, seq, *after = sys.argv[1:]
+       "$EC_ERROR" "$(disk_limits)" "$SEQ_WRITE" "${AFTER[@]}" <<'EOF'
+work, size, size_bytes, span, wrote, seconds, base_port, nbd_port, ec_error, limits, seq, *after = sys.argv[1:]
 size_bytes, span, wrote = int(size_bytes), int(span), wrote.split(",")
 jobs = [seq] + after
 VDIS = (("c3", "c3 (-c 3)"), ("ec42", "ec42 (-c 4:2)"))
@@ -165,6 +171,7 @@ print()
 print(f"6 sheep -n on one machine and one disk (zones 0-5, ports {base_port}-{int(base_port) + 5}),")
 print(f"cluster formatted -c 3; VDIs c3 (-c 3) and ec42 (-c 4:2) of {size}, not prefilled; fio's")
 print(f"nbd engine through node 0 (nbd://127.0.0.1:{nbd_port}/VDI), {seconds} s per job and VDI.")
+print(f"Disk limits (--disk): {limits}.")
 print("Bytes to the disk per byte written: ideally 3 for c3, 1.5 for ec42 (measured below).")
 print("p50us/p99us: fio's completion latency (clat). Every job has one block size, so a ratio")
 print("is the same in IOPS and MiB/s.")

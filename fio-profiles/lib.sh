@@ -202,6 +202,82 @@ start_sheep_node() {
     SHEEP_PIDS+=("$pid")
 }
 
+# Per-node disk limits (--disk): every sheep of a local cluster shares this machine's
+# one disk, so without limits the cluster is CPU-bound and measures CPU per byte. A
+# blkio cgroup per sheep gives each node a disk of its own speed, as a real cluster has
+# (all stores still sit on the one disk, which must be faster than the sum of the
+# limits). Only direct I/O is throttled that way, which is all sheep does for data.
+DISK_MBPS=""   # MB/s (10^6 bytes) per node in each direction; empty: no limits
+DISK_IOPS=""   # I/O operations per second per node in each direction; empty: none
+DISK_GROUPS=() # the cgroup directories made for sheep, removed by drop_disk_groups
+
+# read_disk_limit VALUE: sets DISK_MBPS and DISK_IOPS from --disk's "MBPS[:IOPS]"
+# (e.g. 200 or 200:5000); dies if either is not a positive whole number.
+read_disk_limit() {
+    DISK_MBPS=${1%%:*}
+    need_positive "$DISK_MBPS" "--disk's MB/s"
+    if [ "$1" != "$DISK_MBPS" ]; then
+        DISK_IOPS=${1#*:}
+        need_positive "$DISK_IOPS" "--disk's IOPS"
+    fi
+}
+
+# disk_limits: prints the limits as the reports name them ("200 MB/s and 5000 IOPS"),
+# or "none".
+disk_limits() {
+    if [ -z "$DISK_MBPS" ]; then echo none; return; fi
+    echo "$DISK_MBPS MB/s${DISK_IOPS:+ and $DISK_IOPS IOPS} per node, reads and writes each"
+}
+
+# disk_device PATH: prints MAJ:MIN of the whole disk PATH is on (throttling rules name
+# disks, not partitions); dies if it cannot tell.
+disk_device() {
+    local src parent
+    src=$(df --output=source "$1" | tail -1)
+    parent=$(lsblk -no PKNAME "$src" 2>/dev/null | head -1)
+    lsblk -dno MAJ:MIN "/dev/${parent:-${src#/dev/}}" 2>/dev/null | tr -d ' ' | grep . \
+        || die "cannot tell which disk $1 is on (for --disk)"
+}
+
+# limit_disk PID: moves sheep PID (every thread) into a cgroup of its own that limits its
+# I/O on DIR's disk to DISK_MBPS and DISK_IOPS; returns at once when no limit is set;
+# dies if neither cgroup v2's io controller nor v1's blkio can be used (needs root).
+limit_disk() {
+    [ -n "$DISK_MBPS" ] || return 0
+    local dev bps=$((DISK_MBPS * 1000000)) g v2=/sys/fs/cgroup v1=/sys/fs/cgroup/blkio
+    dev=$(disk_device "$DIR")
+    if grep -qw io "$v2/cgroup.controllers" 2>/dev/null; then
+        grep -qw io "$v2/cgroup.subtree_control" || echo +io >"$v2/cgroup.subtree_control" \
+            || die "cannot enable the io controller in $v2"
+        g=$v2/collie-bench.$1
+        mkdir "$g" || die "cannot make cgroup $g (--disk needs root)"
+        DISK_GROUPS+=("$g")
+        echo "$dev rbps=$bps wbps=$bps${DISK_IOPS:+ riops=$DISK_IOPS wiops=$DISK_IOPS}" >"$g/io.max" \
+            || die "cannot set $g/io.max"
+    elif [ -w "$v1/cgroup.procs" ]; then
+        g=$v1/collie-bench.$1
+        mkdir "$g" || die "cannot make cgroup $g (--disk needs root)"
+        DISK_GROUPS+=("$g")
+        echo "$dev $bps" >"$g/blkio.throttle.read_bps_device"
+        echo "$dev $bps" >"$g/blkio.throttle.write_bps_device"
+        if [ -n "$DISK_IOPS" ]; then
+            echo "$dev $DISK_IOPS" >"$g/blkio.throttle.read_iops_device"
+            echo "$dev $DISK_IOPS" >"$g/blkio.throttle.write_iops_device"
+        fi
+    else
+        die "--disk needs cgroup v2's io controller or v1's blkio, writable (as root)"
+    fi
+    echo "$1" >"$g/cgroup.procs" || die "cannot move sheep (pid $1) into $g"
+}
+
+# drop_disk_groups: removes the cgroups limit_disk made (their sheep must have exited:
+# a cgroup with a process in it stays, saying so); returns 0.
+drop_disk_groups() {
+    local g
+    for g in "${DISK_GROUPS[@]}"; do rmdir "$g" 2>/dev/null || say "could not remove cgroup $g"; done
+    DISK_GROUPS=()
+}
+
 # stop_sheep: SIGTERM to every sheep in SHEEP_PIDS, SIGKILL to any still running 20 s
 # later (saying so); empties SHEEP_PIDS and returns 0.
 stop_sheep() {
@@ -229,6 +305,7 @@ start_local_cluster() {
         # Each returns once it has joined and listens.
         start_sheep_node "$i" "$WORK/store$i" "$@" -b 127.0.0.1 -c "local:$state" -z "$i" \
             -p "$((base + i))" --nbd-port "$((base + NBD_OFFSET + i))"
+        limit_disk "${SHEEP_PIDS[-1]}"
     done
     # Node 0 sees the later joins at its next poll of the state file (every ~200 ms).
     for ((t = 0; t < 100; t++)); do
@@ -310,6 +387,7 @@ drop_work() { if [ "$KEEP" = 1 ]; then say "kept $WORK"; else rm -rf "$WORK"; fi
 # them (stop_sheep), then drop_work; returns 0.
 stop_sheep_drop_work() {
     stop_sheep || true
+    drop_disk_groups
     drop_work
 }
 
