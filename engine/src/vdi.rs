@@ -447,19 +447,34 @@ pub async fn list(gw: &Gateway) -> Result<Vec<(Inode, u64)>> {
     Ok(out)
 }
 
+/// Bytes of the owner table read at once: a read from another node must fit one peer
+/// frame, and a 16 TiB VDI's table (16 MiB) does not.
+const OWNERS_PER_READ: u64 = 4 << 20;
+const _: () = assert!(OWNERS_PER_READ <= collie_net::peer::MAX_PAYLOAD as u64);
+
 /// `data_vdi_id[0..object_count]` of a VDI.
 pub async fn load_owners(gw: &Gateway, inode: &Inode) -> Result<Vec<u32>> {
+    let len = 4 * inode.object_count();
+    let mut bytes = Vec::with_capacity(len as usize);
+    let mut at = 0;
+    while at < len {
+        let piece = OWNERS_PER_READ.min(len - at);
+        let got = gw
+            .read(
+                inode.vid.inode_oid(),
+                DATA_VDI_ID_OFFSET + at,
+                piece,
+                META_COPIES,
+            )
+            .await;
+        match not_found_is_none(got)? {
+            Some(b) => bytes.extend_from_slice(&b),
+            // No inode object at all: no owners yet (every entry 0).
+            None => break,
+        }
+        at += piece;
+    }
     let n = inode.object_count();
-    let bytes = not_found_is_none(
-        gw.read(
-            inode.vid.inode_oid(),
-            DATA_VDI_ID_OFFSET,
-            4 * n,
-            META_COPIES,
-        )
-        .await,
-    )?
-    .unwrap_or_default();
     Ok(bytes
         .chunks_exact(4)
         .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))

@@ -96,6 +96,19 @@ fn six_nodes_keep_three_copies_in_three_zones_and_survive_a_restart() {
     let mut data = data;
     data[MIB as usize..(MIB + 65536) as usize].fill(0x5a);
 
+    // The largest VDI opens through every node, also those that hold no copy of its
+    // inode: its owner table (16 MiB) is more than one peer frame carries.
+    n0.dog_ok(&["vdi", "create", "-c", "3", "huge", "16T"]);
+    let last = (16u64 << 40) - 4096;
+    qemu_io_ok(
+        &c.nodes[1].uri("huge"),
+        &[format!("write -P 0x3c {last} 4096")],
+    );
+    for s in &c.nodes {
+        qemu_io_ok(&s.uri("huge"), &[format!("read -P 0x3c {last} 4096")]);
+    }
+    n0.dog_ok(&["vdi", "delete", "huge"]);
+
     // Shut the whole cluster down and start it again.
     c.nodes[2].dog_ok(&["cluster", "shutdown"]);
     for s in &mut c.nodes {
