@@ -639,25 +639,36 @@ impl Node {
                 let lookup = name.clone();
                 let ino = self
                     .run_vdi(move |gw| Box::pin(async move { vdi::lookup(&gw, &lookup).await }))?;
-                if index >= ino.object_count() {
-                    return Err(error(
-                        ErrorCode::Invalid,
-                        format!(
-                            "vdi '{name}' has {} objects; index {index} is past its end",
-                            ino.object_count()
-                        ),
-                    ));
-                }
-                let oid = ino.vid.data_oid(index as u32);
+                // The inode is a replicated object of its own, whatever the VDI's scheme.
+                let (oid, redundancy) = match index {
+                    None => (
+                        ino.vid.inode_oid(),
+                        Redundancy::Replicated {
+                            copies: ino.meta_copies() as u8,
+                        },
+                    ),
+                    Some(index) if index < ino.object_count() => {
+                        (ino.vid.data_oid(index as u32), ino.redundancy)
+                    }
+                    Some(index) => {
+                        return Err(error(
+                            ErrorCode::Invalid,
+                            format!(
+                                "vdi '{name}' has {} objects; index {index} is past its end",
+                                ino.object_count()
+                            ),
+                        ))
+                    }
+                };
                 let targets = v
-                    .targets(oid, ino.copies())
+                    .targets(oid, redundancy.width() as usize)
                     .into_iter()
                     .map(|i| v.members[i].id.to_string())
                     .collect();
                 // Fragments are kept under their own keys: ask for each, in order.
-                let keys: Vec<u64> = match ino.redundancy {
+                let keys: Vec<u64> = match redundancy {
                     Redundancy::Replicated { .. } => vec![oid],
-                    Redundancy::Erasure { .. } => (0..ino.copies())
+                    Redundancy::Erasure { .. } => (0..redundancy.width())
                         .map(|j| collie_placement::ids::fragment_oid(oid, j as u8))
                         .collect(),
                 };
@@ -671,7 +682,7 @@ impl Node {
                 }
                 Ok(Response::Location(ObjectLocation {
                     oid,
-                    redundancy: ino.redundancy,
+                    redundancy,
                     targets,
                     copies,
                 }))

@@ -9,7 +9,7 @@ use crate::gateway::{self, Gateway, Target, META_COPIES};
 use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{Call, RpcError};
 use crate::shard::{Reply, Shard};
-use crate::vdi::{self, Objects};
+use crate::vdi::{self, Inode, Objects};
 use collie_net::admin::{CheckReport, RecoveryStat};
 use collie_net::peer::{Op, FLAG_RECOVERY, FLAG_URGENT};
 use collie_placement::ids::{base_oid, fragment_oid, object_kind, ObjectKind, Vid};
@@ -764,16 +764,16 @@ async fn plan(gw: &Gateway, v: &ClusterView) -> Rpc<Vec<Item>> {
     all.sort_unstable();
     all.dedup();
 
-    let mut vdis: HashMap<Vid, Option<Objects>> = HashMap::new();
+    // Each VDI's inode, read once (None: no inode).
+    let mut vdis: HashMap<Vid, Option<Inode>> = HashMap::new();
     let mut items = Vec::new();
     let mut fragments: BTreeMap<u64, (Layout, Vec<u64>)> = BTreeMap::new();
     for oid in all {
-        let vid = match object_kind(oid) {
-            ObjectKind::Inode { .. } => {
-                copy_item(v, &mine, oid, META_COPIES, &mut items);
-                continue;
-            }
-            ObjectKind::Data { vid, .. } | ObjectKind::Fragment { vid, .. } => vid,
+        let kind = object_kind(oid);
+        let vid = match kind {
+            ObjectKind::Inode { vid }
+            | ObjectKind::Data { vid, .. }
+            | ObjectKind::Fragment { vid, .. } => vid,
             // Cluster records are per node; nothing else is placed.
             _ => continue,
         };
@@ -781,19 +781,26 @@ async fn plan(gw: &Gateway, v: &ClusterView) -> Rpc<Vec<Item>> {
             let inode = vdi::read_inode(gw, vid)
                 .await
                 .map_err(|e| RpcError::Retry(format!("reading the inode of {vid:?}: {e}")))?;
-            slot.insert(match inode {
-                Some(ino) if !ino.deleted => Objects::of(&ino).ok(),
-                _ => None,
-            });
+            slot.insert(inode);
         }
-        match (vdis.get(&vid), object_kind(oid)) {
-            (Some(Some(Objects::Replicated { copies })), ObjectKind::Data { .. }) => {
-                copy_item(v, &mine, oid, *copies, &mut items)
+        let inode = vdis.get(&vid).and_then(Option::as_ref);
+        if let ObjectKind::Inode { .. } = kind {
+            // Deleted VDIs' inodes (tombstones) are kept like live ones.
+            let copies = inode.map_or(META_COPIES, Inode::meta_copies);
+            copy_item(v, &mine, oid, copies, &mut items);
+            continue;
+        }
+        let objects = inode
+            .filter(|ino| !ino.deleted)
+            .and_then(|ino| Objects::of(ino).ok());
+        match (objects, kind) {
+            (Some(Objects::Replicated { copies }), ObjectKind::Data { .. }) => {
+                copy_item(v, &mine, oid, copies, &mut items)
             }
-            (Some(Some(Objects::Erasure(lay))), ObjectKind::Fragment { .. }) => {
+            (Some(Objects::Erasure(lay)), ObjectKind::Fragment { .. }) => {
                 let e = fragments
                     .entry(base_oid(oid))
-                    .or_insert_with(|| (*lay, Vec::new()));
+                    .or_insert_with(|| (lay, Vec::new()));
                 if mine.contains(&oid) {
                     e.1.push(oid);
                 }

@@ -102,6 +102,15 @@ impl Inode {
     pub fn copies(&self) -> usize {
         self.redundancy.width() as usize
     }
+    /// Copies of the inode object: one more than the zones the VDI's data survives
+    /// losing, and never fewer than [`META_COPIES`]; an 8:3 VDI whose inode had three
+    /// copies would be unreadable after three failures its data survives. Writers use
+    /// this; readers look only at the first [`META_COPIES`] targets of the current view:
+    /// after failures the surviving copies are among them, or are fetched onto them
+    /// (a target brings its copy up to date from every member before it serves).
+    pub fn meta_copies(&self) -> usize {
+        META_COPIES.max(self.redundancy.tolerates() as usize + 1)
+    }
 
     fn encode(&self) -> InodeHeader {
         let mut h = InodeHeader::zeroed();
@@ -226,7 +235,7 @@ pub async fn write_inode(gw: &Gateway, inode: &Inode) -> Result<()> {
         0,
         bytemuck::bytes_of(&h),
         meta(INODE_OBJECT_SIZE),
-        META_COPIES,
+        inode.meta_copies(),
     )
     .await?;
     Ok(())
@@ -338,7 +347,7 @@ pub async fn delete(gw: &Gateway, name: &str) -> Result<()> {
         DATA_VDI_ID_OFFSET,
         table,
         m,
-        META_COPIES,
+        inode.meta_copies(),
     )
     .await?;
     inode.deleted = true;
@@ -390,7 +399,7 @@ async fn restore_inode(gw: &Gateway, inode: &Inode) -> Result<()> {
         inode.vid.inode_oid(),
         &ranges,
         meta(INODE_OBJECT_SIZE),
-        META_COPIES,
+        inode.meta_copies(),
     )
     .await?;
     Ok(())
@@ -490,7 +499,7 @@ pub async fn set_owner(gw: &Gateway, inode: &Inode, index: u32, owner: Vid) -> R
         DATA_VDI_ID_OFFSET + 4 * u64::from(index),
         &owner.get().to_le_bytes(),
         meta(INODE_OBJECT_SIZE),
-        META_COPIES,
+        inode.meta_copies(),
     )
     .await?;
     Ok(())

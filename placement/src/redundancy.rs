@@ -25,6 +25,13 @@ impl Redundancy {
             Redundancy::Erasure { data, parity } => u32::from(data) + u32::from(parity),
         }
     }
+    /// Zones that may fail at once with every object still readable.
+    pub fn tolerates(self) -> u32 {
+        match self {
+            Redundancy::Replicated { copies } => u32::from(copies).saturating_sub(1),
+            Redundancy::Erasure { parity, .. } => u32::from(parity),
+        }
+    }
     /// Wire form: (copies or data, parity); parity 0 means replicated.
     pub fn to_wire(self) -> (u8, u8) {
         match self {

@@ -9,7 +9,7 @@ use std::fmt::Write as _;
 use collie_net::admin::MAX_NAME;
 use collie_net::admin::{
     AdminError, CheckReport, ClusterInfo, MemberRecovery, NodeEntry, NodeInfo, ObjectLocation,
-    RecoveryStat, VdiInfo,
+    RecoveryStat, VdiInfo, INODE_INDEX,
 };
 use collie_placement::Redundancy;
 
@@ -93,10 +93,11 @@ pub enum Command {
         offset: u64,
         len: Option<u64>,
     },
-    /// `vdi object location`: which nodes hold object `index` of the VDI.
+    /// `vdi object location`: which nodes hold object `index` of the VDI (no index:
+    /// its inode object, as Sheepdog's `dog vdi object` without `-i`).
     VdiObjectLocation {
         name: String,
-        index: u64,
+        index: Option<u64>,
         raw: bool,
     },
     /// `vdi check`: verify every copy or stripe and repair what is wrong (as Sheepdog does).
@@ -211,7 +212,7 @@ const COMMANDS: [CmdSpec; 20] = [
     cmd("vdi", "resize", &[], "NAME SIZE", 2, 2, "change a VDI's size"),
     cmd("vdi", "read", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy LEN bytes (default: to the end) of a VDI to stdout"),
     cmd("vdi", "write", &[], "NAME [OFFSET [LEN]]", 1, 3, "copy stdin (LEN bytes, default: until EOF) into a VDI"),
-    cmd("vdi", "object location", &[Opt::Raw], "NAME INDEX", 2, 2, "show which nodes hold object INDEX (0, 1, ...) of a VDI"),
+    cmd("vdi", "object location", &[Opt::Raw], "NAME [INDEX]", 1, 2, "show which nodes hold object INDEX (0, 1, ...) of a VDI, or its inode"),
     cmd("vdi", "check", &[Opt::Raw], "NAME", 1, 1, "verify every copy or stripe of a VDI and repair what is wrong"),
 ];
 
@@ -598,7 +599,18 @@ pub fn parse_args<S: AsRef<str>>(args: &[S]) -> Result<Parsed, UsageError> {
         },
         ("vdi", "object location") => Command::VdiObjectLocation {
             name: vdi_name(0)?,
-            index: number(1, "object index", " (0 is the VDI's first object)")?,
+            index: match args.get(1) {
+                None => None,
+                Some(_) => match number(1, "object index", " (0 is the VDI's first object)")? {
+                    // The wire's name for the inode; no VDI has that many objects.
+                    INODE_INDEX => {
+                        return Err(cmd_err(format!(
+                            "object index {INODE_INDEX} is past the end of any VDI"
+                        )))
+                    }
+                    i => Some(i),
+                },
+            },
             raw: seen.raw,
         },
         ("vdi", "check") => Command::VdiCheck {
@@ -1060,14 +1072,17 @@ pub fn format_object_location(loc: &ObjectLocation, nodes: usize, raw: bool) -> 
         return object_not_written(loc.oid);
     }
     let vid = (loc.oid >> 32) as u32 & collie_placement::ids::MAX_VID;
-    let idx = loc.oid as u32;
+    let idx = match collie_placement::ids::object_kind(loc.oid) {
+        collie_placement::ids::ObjectKind::Inode { .. } => "inode".to_string(),
+        _ => format!("idx {}", loc.oid as u32),
+    };
     let redundancy = match loc.redundancy {
         Redundancy::Replicated { copies } => format!("{copies} copies"),
         Redundancy::Erasure { data, parity } => format!("{data}:{parity} fragments"),
     };
     writeln!(
         out,
-        "Looking for the object 0x{:016x} (vid 0x{vid:x} idx {idx}, {redundancy}) with {nodes} nodes\n",
+        "Looking for the object 0x{:016x} (vid 0x{vid:x} {idx}, {redundancy}) with {nodes} nodes\n",
         loc.oid
     )
     .ok();
@@ -1443,7 +1458,7 @@ mod tests {
             cmd(&["vdi", "object", "location", "erasure", "3"]),
             Command::VdiObjectLocation {
                 name: "erasure".into(),
-                index: 3,
+                index: Some(3),
                 raw: false
             }
         );
@@ -1456,7 +1471,7 @@ mod tests {
             inv.command,
             Command::VdiObjectLocation {
                 name: "-odd".into(),
-                index: 0,
+                index: Some(0),
                 raw: true
             }
         );
@@ -1467,11 +1482,20 @@ mod tests {
                 "object",
                 "location",
                 "location",
-                "18446744073709551615"
+                "18446744073709551614"
             ]),
             Command::VdiObjectLocation {
                 name: "location".into(),
-                index: u64::MAX,
+                index: Some(u64::MAX - 1),
+                raw: false
+            }
+        );
+        // No index: the VDI's inode object.
+        assert_eq!(
+            cmd(&["vdi", "object", "location", "erasure"]),
+            Command::VdiObjectLocation {
+                name: "erasure".into(),
+                index: None,
                 raw: false
             }
         );
@@ -1600,8 +1624,12 @@ mod tests {
                 "unknown command 'vdi object frob'",
             ),
             (
-                &["vdi", "object", "location", "x"],
+                &["vdi", "object", "location"],
                 "'vdi object location' needs more arguments",
+            ),
+            (
+                &["vdi", "object", "location", "x", "18446744073709551615"],
+                "past the end of any VDI",
             ),
             (
                 &["vdi", "object", "location", "x", "1", "2"],
@@ -1656,18 +1684,21 @@ mod tests {
         let e = usage_error(&["node", "kill", "x"]);
         assert_eq!(e.usage, "usage: dog node kill ID\n");
         let e = usage_error(&["vdi", "object", "location"]);
-        assert_eq!(e.usage, "usage: dog vdi object location [-r] NAME INDEX\n");
+        assert_eq!(
+            e.usage,
+            "usage: dog vdi object location [-r] NAME [INDEX]\n"
+        );
         let e = usage_error(&["vdi", "object"]);
         assert!(
             e.usage
-                .contains("  dog vdi object location [-r] NAME INDEX\n"),
+                .contains("  dog vdi object location [-r] NAME [INDEX]\n"),
             "{e:?}"
         );
         let help = help_text();
         for line in [
             "dog node list [-r]",
             "dog node kill ID",
-            "dog vdi object location [-r] NAME INDEX",
+            "dog vdi object location [-r] NAME [INDEX]",
         ] {
             assert!(help.contains(line), "{line}: {help}");
         }

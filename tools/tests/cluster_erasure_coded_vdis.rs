@@ -53,7 +53,7 @@ fn misaligned_patterns(w: &str, r: &str) {
 #[test]
 fn erasure_coded_vdis_live_beside_a_replicated_one() {
     require("fio");
-    let c = Cluster::formatted("ec-vdis", 11, 3, &["-n"]);
+    let mut c = Cluster::formatted("ec-vdis", 11, 3, &["-n"]);
     let n0 = &c.nodes[0];
     let files = test_dir("ec-vdis-files");
     let vdis = [
@@ -148,6 +148,36 @@ fn erasure_coded_vdis_live_beside_a_replicated_one() {
     let [objects, _, consistent, repaired, lost, unplaced] = n0.vdi_check("c3");
     assert!(objects > 0);
     assert_eq!((consistent, repaired, lost, unplaced), (objects, 0, 0, 0));
+
+    // 8:3 data survives three dead zones, and so must its inode: it keeps P + 1 = 4
+    // copies. The first three nodes holding it die; the VDI still opens and every
+    // byte fio wrote still verifies, through a node that held no copy.
+    let loc = n0.dog_ok(&["vdi", "object", "location", "-r", "ec83"]);
+    let holders: Vec<usize> = loc
+        .lines()
+        .filter(|l| l.ends_with(" target"))
+        .map(|l| {
+            let addr = l.split_whitespace().next().unwrap();
+            c.nodes
+                .iter()
+                .position(|s| addr == format!("127.0.0.1:{}", s.port))
+                .unwrap_or_else(|| panic!("no node at {addr}"))
+        })
+        .collect();
+    assert_eq!(holders.len(), 4, "copies of ec83's inode\n{loc}");
+    for &i in &holders[..3] {
+        c.nodes[i].kill9();
+    }
+    c.wait_members(8);
+    let r = (0..11).find(|i| !holders.contains(i)).unwrap();
+    let verify = [
+        "--rw=randwrite",
+        "--bsrange=4k-64k",
+        "--size=64M",
+        "--verify_only",
+    ];
+    let (out, report) = fio(files.path(), "ec83", &c.nodes[r].uri("ec83"), &verify);
+    assert_clean(&out, report.get("jobs").at(0), "ec83");
 }
 
 #[test]

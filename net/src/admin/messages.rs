@@ -6,6 +6,9 @@ use super::body::{Dec, Enc, MAX_NAME, MAX_TEXT};
 use super::{AdminError, FrameHeader, Result, MAX_DATA};
 use collie_placement::Redundancy;
 
+/// `ObjectLocation`'s index on the wire for a VDI's inode object.
+pub const INODE_INDEX: u64 = u64::MAX;
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Request {
     /// Format the cluster with a default redundancy; `force` erases an existing one.
@@ -47,10 +50,11 @@ pub enum Request {
     NodeKill {
         id: u32,
     },
-    /// Which nodes hold object `index` of a VDI.
+    /// Which nodes hold object `index` of a VDI (`None`: its inode object). On the
+    /// wire the inode is index [`INODE_INDEX`], which no VDI's objects reach.
     ObjectLocation {
         name: String,
-        index: u64,
+        index: Option<u64>,
     },
     /// Verify every object of a VDI (every stripe of an erasure-coded one); with
     /// `repair`, rewrite what is missing or wrong.
@@ -452,7 +456,7 @@ impl Request {
                 op::NODE_KILL
             }
             Request::ObjectLocation { name, index } => {
-                e.str(name).u64(*index);
+                e.str(name).u64(index.unwrap_or(INODE_INDEX));
                 op::OBJECT_LOCATION
             }
             Request::VdiCheck { name, repair } => {
@@ -533,7 +537,7 @@ impl Request {
             },
             op::OBJECT_LOCATION => Request::ObjectLocation {
                 name: d.str(MAX_NAME, "vdi name")?,
-                index: d.u64("object index")?,
+                index: Some(d.u64("object index")?).filter(|&i| i != INODE_INDEX),
             },
             op::VDI_CHECK => Request::VdiCheck {
                 name: d.str(MAX_NAME, "vdi name")?,

@@ -121,7 +121,11 @@ fn every_message_round_trips() {
         Request::NodeKill { id: 3 },
         Request::ObjectLocation {
             name: "replica".into(),
-            index: 7,
+            index: Some(7),
+        },
+        Request::ObjectLocation {
+            name: "replica".into(),
+            index: None,
         },
         Request::NodeFormat {
             redundancy: Redundancy::Erasure { data: 4, parity: 2 },
