@@ -87,7 +87,7 @@ fi
 now_ms() { local us=${EPOCHREALTIME//[.,]/}; echo $((us / 1000)); }
 
 # settled AFTER: reads `dog node recovery -r` lines (IDX ADDR EPOCH STATE DONE TOTAL
-# BYTES) on stdin; prints "EPOCH NODES OBJECTS BYTES" (objects looked at and bytes
+# BYTES LOST) on stdin; prints "EPOCH NODES OBJECTS BYTES" (objects looked at and bytes
 # copied, summed over the nodes) if every line says complete at one epoch newer than
 # AFTER, nothing otherwise (a node that did not answer says unknown).
 settled() {

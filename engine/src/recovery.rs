@@ -59,6 +59,7 @@ pub fn progress() -> RecoveryStat {
         p.objects_total += c.total.load(Ordering::Relaxed);
         p.objects_done += c.done.load(Ordering::Relaxed);
         p.bytes += c.bytes.load(Ordering::Relaxed);
+        p.objects_lost += c.lost.load(Ordering::Relaxed);
     }
     p
 }
@@ -576,6 +577,7 @@ struct Counters {
     total: AtomicU64,
     done: AtomicU64,
     bytes: AtomicU64,
+    lost: AtomicU64,
 }
 
 const SLOTS: usize = 64;
@@ -586,6 +588,7 @@ const IDLE: Counters = Counters {
     total: AtomicU64::new(0),
     done: AtomicU64::new(0),
     bytes: AtomicU64::new(0),
+    lost: AtomicU64::new(0),
 };
 static SHARDS: [Counters; SLOTS] = [IDLE; SLOTS];
 
@@ -604,6 +607,14 @@ enum Item {
         lay: Layout,
         held: Vec<u64>,
     },
+}
+
+impl Item {
+    fn oid(&self) -> u64 {
+        match *self {
+            Item::Copy { oid, .. } | Item::Erasure { oid, .. } => oid,
+        }
+    }
 }
 
 /// Called on every shard when it installs a new view: remembers the view and starts
@@ -664,10 +675,12 @@ async fn run(sh: &Rc<Shard>, v: &ClusterView) {
     c.total.store(0, Ordering::Relaxed);
     c.done.store(0, Ordering::Relaxed);
     c.bytes.store(0, Ordering::Relaxed);
+    c.lost.store(0, Ordering::Relaxed);
     c.running.store(true, Ordering::Relaxed);
     let gw = Gateway::new(sh.clone());
     let mut pause = RETRY_FIRST;
-    let mut todo: Option<Vec<Item>> = None;
+    // What is left to do, each with the times in a row it was found lost.
+    let mut todo: Option<Vec<(Item, u32)>> = None;
     loop {
         if stale(v) {
             // The newer epoch's pass took over (and keeps what this one settled).
@@ -678,7 +691,7 @@ async fn run(sh: &Rc<Shard>, v: &ClusterView) {
             None => match plan(&gw, v).await {
                 Ok(items) => {
                     c.total.store(items.len() as u64, Ordering::Relaxed);
-                    items
+                    items.into_iter().map(|it| (it, 0)).collect()
                 }
                 Err(e) => {
                     tracing::info!(epoch = v.epoch, "recovery cannot list objects yet: {e}");
@@ -688,18 +701,34 @@ async fn run(sh: &Rc<Shard>, v: &ClusterView) {
                 }
             },
         };
-        let failed: Vec<Item> = futures::stream::iter(items)
-            .map(|it| {
+        let failed: Vec<(Item, u32)> = futures::stream::iter(items)
+            .map(|(it, lost)| {
                 let gw = &gw;
                 async move {
                     match recover(gw, v, &it).await {
-                        Ok(()) => {
+                        Ok(Outcome::Done) => {
                             c.done.fetch_add(1, Ordering::Relaxed);
                             None
                         }
+                        // Lost again and again: a holder that was only slow would have
+                        // answered by now. The pass goes on without it (a pass that
+                        // never ends keeps every new object's first write asking every
+                        // member); the next epoch's pass tries it again.
+                        Ok(Outcome::Lost(why)) if lost + 1 >= LOST_TRIES => {
+                            tracing::error!(
+                                epoch = v.epoch,
+                                oid = format!("{:#018x}", it.oid()),
+                                "object cannot be recovered ({why}); recovery goes on without it \
+                                 (dog cluster check reports what cannot be read)"
+                            );
+                            c.done.fetch_add(1, Ordering::Relaxed);
+                            c.lost.fetch_add(1, Ordering::Relaxed);
+                            None
+                        }
+                        Ok(Outcome::Lost(_)) => Some((it, lost + 1)),
                         Err(e) => {
                             tracing::debug!(epoch = v.epoch, "recovery will retry an object: {e}");
-                            Some(it)
+                            Some((it, lost))
                         }
                     }
                 }
@@ -859,14 +888,29 @@ async fn wait_enabled(v: &ClusterView) -> Rpc<()> {
     Ok(())
 }
 
-async fn recover(gw: &Gateway, v: &ClusterView, it: &Item) -> Rpc<()> {
+/// How an item of a pass ended.
+enum Outcome {
+    Done,
+    /// Nothing to rebuild it from, and why (too few fragments left anywhere, or too
+    /// few zones to place D of them).
+    Lost(String),
+}
+
+/// Times in a row an object must be found lost before a pass gives up on it.
+const LOST_TRIES: u32 = 4;
+
+async fn recover(gw: &Gateway, v: &ClusterView, it: &Item) -> Rpc<Outcome> {
     wait_enabled(v).await?;
     let sh = gw.shard();
     match *it {
         Item::Copy { oid, copies } if placed_here(v, oid, Place::Copy(copies)) => {
-            ready_here(sh, oid, copies, Why::Background).await
+            ready_here(sh, oid, copies, Why::Background).await?;
+            Ok(Outcome::Done)
         }
-        Item::Copy { oid, copies } => hand_off(gw, v, oid, copies).await,
+        Item::Copy { oid, copies } => {
+            hand_off(gw, v, oid, copies).await?;
+            Ok(Outcome::Done)
+        }
         Item::Erasure { oid, lay, ref held } => recover_fragments(gw, v, oid, &lay, held).await,
     }
 }
@@ -909,7 +953,14 @@ async fn recover_fragments(
     oid: u64,
     lay: &Layout,
     held: &[u64],
-) -> Rpc<()> {
+) -> Rpc<Outcome> {
+    if v.zones() < lay.data() {
+        return Ok(Outcome::Lost(format!(
+            "{} zones left, {} needed to place its data fragments",
+            v.zones(),
+            lay.data()
+        )));
+    }
     let r = gw.ec_recovery_check(oid, lay).await?;
     if stale(v) {
         // The check ran at a newer epoch: this view's slots are not the ones it fixed.
@@ -920,11 +971,12 @@ async fn recover_fragments(
         return Err(not_ready(oid, "the check found no fragment"));
     }
     if r.lost > 0 {
-        return Err(StoreError::Io {
-            what: format!("object {oid:#018x}"),
-            source: std::io::Error::other(format!("{} stripes cannot be decoded", r.lost)),
-        }
-        .into());
+        // Nothing is rebuilt or dropped: what is left may still be needed.
+        return Ok(Outcome::Lost(format!(
+            "{} stripes have fewer than {} fragments anywhere",
+            r.lost,
+            lay.data()
+        )));
     }
     counters(gw.shard().id)
         .bytes
@@ -944,7 +996,7 @@ async fn recover_fragments(
             }
         }
     }
-    Ok(())
+    Ok(Outcome::Done)
 }
 
 #[cfg(test)]

@@ -804,7 +804,16 @@ pub fn recovery_summary(members: &[MemberRecovery]) -> Option<String> {
         } else {
             "complete"
         };
-        format!("{enabled}, {state}")
+        // Per node: the nodes holding parts of one lost object each count it.
+        let lost = stats.iter().filter(|s| s.objects_lost > 0).count();
+        if lost > 0 {
+            format!(
+                "{enabled}, {state}, objects lost on {lost} of {} nodes",
+                stats.len()
+            )
+        } else {
+            format!("{enabled}, {state}")
+        }
     };
     if !silent.is_empty() {
         write!(out, " (no answer from {})", silent.join(", ")).ok();
@@ -812,17 +821,23 @@ pub fn recovery_summary(members: &[MemberRecovery]) -> Option<String> {
     Some(out)
 }
 
-/// One warning line per node that did not tell its recovery state, with its reason.
+/// One warning line per node that did not tell its recovery state (with its reason)
+/// or found objects it could not recover.
 pub fn recovery_notes(members: &[MemberRecovery]) -> Vec<String> {
     let mut rows: Vec<&MemberRecovery> = members.iter().collect();
     rows.sort_by_key(|m| m.id);
     rows.into_iter()
-        .filter_map(|m| {
-            let why = m.stat.as_ref().err()?;
-            Some(format!(
+        .filter_map(|m| match &m.stat {
+            Err(why) => Some(format!(
                 "Note: node {} ({}) did not answer: {why}",
                 m.id, m.addr
-            ))
+            )),
+            Ok(s) if s.objects_lost > 0 => Some(format!(
+                "Note: node {} ({}) could not recover {} objects: too few copies or \
+                 fragments are left (dog cluster check lists what cannot be read)",
+                m.id, m.addr, s.objects_lost
+            )),
+            Ok(_) => None,
         })
         .collect()
 }
@@ -834,8 +849,9 @@ pub const NODE_RECOVERY_HEADER: &str =
 /// `dog node recovery`: each member (by id) with the epoch its recovery is for, its
 /// state (`complete`, `running`, `paused`, or `unknown` when it did not answer),
 /// objects done/total, progress and bytes recovered onto it; then a note per node that
-/// did not answer. Raw lines are `IDX ADDR EPOCH STATE DONE TOTAL BYTES`, bytes in
-/// bytes and `-` for what an unanswered node did not say; the caller prints the notes
+/// did not answer or found objects lost. Raw lines are `IDX ADDR EPOCH STATE DONE
+/// TOTAL BYTES LOST`, bytes in bytes, LOST the objects done that could not be recovered,
+/// and `-` for what an unanswered node did not say; the caller prints the notes
 /// (stderr).
 pub fn format_node_recovery(members: &[MemberRecovery], raw: bool) -> String {
     let mut rows: Vec<&MemberRecovery> = members.iter().collect();
@@ -848,16 +864,17 @@ pub fn format_node_recovery(members: &[MemberRecovery], raw: bool) -> String {
         match (&m.stat, raw) {
             (Ok(s), true) => writeln!(
                 out,
-                "{} {} {} {} {} {} {}",
+                "{} {} {} {} {} {} {} {}",
                 m.id,
                 escape(&m.addr),
                 s.epoch,
                 recovery_state(s),
                 s.objects_done,
                 s.objects_total,
-                s.bytes
+                s.bytes,
+                s.objects_lost
             ),
-            (Err(_), true) => writeln!(out, "{} {} - unknown - - -", m.id, escape(&m.addr)),
+            (Err(_), true) => writeln!(out, "{} {} - unknown - - - -", m.id, escape(&m.addr)),
             (Ok(s), false) => writeln!(
                 out,
                 "{:4}   {:<20} {:6}  {:<8} {:>16} {:>9} {:>8}",
@@ -2093,6 +2110,7 @@ running
             bytes: 0,
             enabled,
             rate: 0,
+            objects_lost: 0,
         }
     }
 
@@ -2219,6 +2237,7 @@ running
             objects_total: 10,
             objects_done: 10,
             bytes: 40 * M,
+            objects_lost: 2,
             ..stat(7, true, true)
         };
         let list = [
@@ -2237,22 +2256,20 @@ running
    3   127.0.0.1:7003            7  complete            10/10    100.0%    40 MB
 
 Note: node 2 (127.0.0.1:7002) did not answer: no answer within 2 s
+Note: node 3 (127.0.0.1:7003) could not recover 2 objects: too few copies or fragments are left (dog cluster check lists what cannot be read)
 ";
         assert_eq!(
             format_node_recovery(&list, false),
             format!("{header}{rows}")
         );
         let want_raw = "\
-0 127.0.0.1:7000 7 running 12345 20000 4294967296
-1 127.0.0.1:7001 7 paused 0 3 0
-2 127.0.0.1:7002 - unknown - - -
-3 127.0.0.1:7003 7 complete 10 10 41943040
+0 127.0.0.1:7000 7 running 12345 20000 4294967296 0
+1 127.0.0.1:7001 7 paused 0 3 0 0
+2 127.0.0.1:7002 - unknown - - - -
+3 127.0.0.1:7003 7 complete 10 10 41943040 2
 ";
         assert_eq!(format_node_recovery(&list, true), want_raw);
-        assert_eq!(
-            recovery_notes(&list),
-            vec!["Note: node 2 (127.0.0.1:7002) did not answer: no answer within 2 s"]
-        );
+        assert_eq!(recovery_notes(&list).len(), 2);
         assert_eq!(format_node_recovery(&[], false), NODE_RECOVERY_HEADER);
         assert_eq!(format_node_recovery(&[], true), "");
     }
@@ -2359,6 +2376,20 @@ Note: node 2 (127.0.0.1:7002) did not answer: Connection refused
         assert_eq!(s(&paused).as_deref(), Some("disabled, paused"));
         let disabled_done = [member(0, Ok(stat(4, true, false)))];
         assert_eq!(s(&disabled_done).as_deref(), Some("disabled, complete"));
+        let lost = [
+            member(0, Ok(stat(4, true, true))),
+            member(
+                1,
+                Ok(RecoveryStat {
+                    objects_lost: 5,
+                    ..stat(4, true, true)
+                }),
+            ),
+        ];
+        assert_eq!(
+            s(&lost).as_deref(),
+            Some("enabled, complete, objects lost on 1 of 2 nodes")
+        );
         // A node restarted since 'recover disable' comes back enabled: say so.
         let mixed = [
             member(0, Ok(stat(4, false, false))),

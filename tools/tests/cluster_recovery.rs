@@ -168,6 +168,34 @@ fn erasure_coded_fragments_are_rebuilt() {
     c.nodes[1].kill9();
     c.nodes[5].kill9();
     verify(f, "ec", &c.nodes[2], "ec", "64M");
+
+    // Below D: one more zone dies, one holding no copy of the inode (so the VDI stays
+    // known). With three zones nothing of a 4:2 object can be rebuilt: recovery counts
+    // the objects lost and completes, rather than retrying them forever.
+    let inode = c.nodes[0].dog_ok(&["vdi", "object", "location", "-r", "ec"]);
+    let victim = [0, 2, 4, 6]
+        .into_iter()
+        .find(|&i| !inode.contains(&format!("127.0.0.1:{} ", c.nodes[i].port)))
+        .unwrap_or_else(|| panic!("every live node holds the inode:\n{inode}"));
+    c.nodes[victim].kill9();
+    c.wait_members(3);
+    c.wait_recovered(SETTLE);
+    let s = c.live().next().unwrap();
+    // IDX ADDR EPOCH STATE DONE TOTAL BYTES LOST
+    let rec = s.dog_ok(&["node", "recovery", "-r"]);
+    let lost_objects: u64 = rec
+        .lines()
+        .map(|l| l.split_whitespace().nth(7).unwrap().parse::<u64>().unwrap())
+        .sum();
+    assert!(lost_objects > 0, "{rec}");
+    let info = s.dog_ok(&["cluster", "info"]);
+    assert!(info.contains("complete, objects lost on"), "{info}");
+    let check = s.dog(&["vdi", "check", "ec"]);
+    assert!(
+        !check.status.success() && text(&check.stderr).contains("needs at least 4 zones"),
+        "{}",
+        text(&check.stderr)
+    );
 }
 
 #[test]

@@ -169,6 +169,9 @@ pub struct RecoveryStat {
     pub objects_done: u64,
     /// Bytes copied or rebuilt onto this node in this epoch.
     pub bytes: u64,
+    /// Objects of `objects_done` that could not be recovered: fewer copies or fragments
+    /// than needed are left anywhere (tried again at the next epoch).
+    pub objects_lost: u64,
     /// False after `dog cluster recover disable`: background recovery is paused.
     pub enabled: bool,
     /// Bytes per second at most; 0 is no limit.
@@ -646,7 +649,8 @@ fn put_recovery_stat(e: &mut Enc, s: &RecoveryStat) {
         .u64(s.objects_done)
         .u64(s.bytes)
         .bool(s.enabled)
-        .u64(s.rate);
+        .u64(s.rate)
+        .u64(s.objects_lost);
 }
 
 fn recovery_stat(d: &mut Dec<'_>) -> Result<RecoveryStat> {
@@ -658,6 +662,7 @@ fn recovery_stat(d: &mut Dec<'_>) -> Result<RecoveryStat> {
         bytes: d.u64("recovery bytes")?,
         enabled: d.bool("recovery enabled")?,
         rate: d.u64("recovery rate")?,
+        objects_lost: d.u64("recovery objects lost")?,
     })
 }
 

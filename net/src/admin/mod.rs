@@ -21,7 +21,9 @@ use std::time::Duration;
 pub const MAGIC: u32 = u32::from_le_bytes(*b"CLAD");
 /// Bumped on any incompatible change of the header or a message body.
 /// 2: `ClusterInfo` carries every member's recovery state.
-pub const VERSION: u16 = 2;
+/// 3: `RecoveryStat` counts the objects recovery found lost; `ObjectLocation` names
+/// the inode with index `INODE_INDEX`.
+pub const VERSION: u16 = 3;
 pub const HEADER_LEN: usize = 32;
 /// Largest body: a 4 MiB `dog vdi read/write` chunk plus its name and fields.
 pub const MAX_BODY: u32 = 4 * 1024 * 1024 + 64 * 1024;

@@ -36,6 +36,7 @@ fn recovery_stat() -> RecoveryStat {
         bytes: 48 << 30,
         enabled: true,
         rate: 100 << 20,
+        objects_lost: 3,
     }
 }
 

@@ -482,7 +482,7 @@ impl Cluster {
         loop {
             let out = s.dog(&["node", "recovery", "-r"]);
             let list = text(&out.stdout);
-            // IDX ADDR EPOCH STATE DONE TOTAL BYTES
+            // IDX ADDR EPOCH STATE DONE TOTAL BYTES LOST
             let rows: Vec<Vec<&str>> = list
                 .lines()
                 .map(|l| l.split_whitespace().collect())
