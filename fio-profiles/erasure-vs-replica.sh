@@ -42,17 +42,8 @@ SEQ_WRITE=write-1M-qd8   # first: allocates the span the others use
 AFTER=(read-1M-qd8 randread-4k-qd32 randwrite-4k-qd32)   # over what it wrote on both VDIs
 EC_VDI=ec42
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seconds) RUNTIME=${2:?--seconds needs a value}; shift 2 ;;
-        --size) SIZE=${2:?--size needs a value}; shift 2 ;;
-        --base-port) BASE_PORT=${2:?--base-port needs a value}; shift 2 ;;
-        --disk) read_disk_limit "${2:?--disk needs a value}"; shift 2 ;;
-        *) common_arg "$1"; shift ;;   # --keep, --help, DIR
-    esac
-done
-need_positive "$RUNTIME" --seconds
-need_base_port "$BASE_PORT" "$NODES"
+while [ $# -gt 0 ]; do cluster_arg "$@"; shift "$ARGS_USED"; done
+check_cluster_args "$NODES"
 
 # One size in bytes for fio and nbdinfo, and one spelling for dog.
 read_size "$SIZE" 1G

@@ -32,6 +32,28 @@ common_arg() {
     esac
 }
 
+# cluster_arg ARG [VALUE...]: takes an argument every cluster runner takes: --seconds N
+# (sets RUNTIME), --size SIZE (SIZE), --base-port N (BASE_PORT), --disk MBPS[:IOPS]
+# (read_disk_limit), else common_arg's; sets ARGS_USED to how many arguments it took,
+# for the caller's `shift "$ARGS_USED"`. check_cluster_args checks the values.
+cluster_arg() {
+    ARGS_USED=2
+    case "$1" in
+        --seconds) RUNTIME=${2:?--seconds needs a value} ;;
+        --size) SIZE=${2:?--size needs a value} ;;
+        --base-port) BASE_PORT=${2:?--base-port needs a value} ;;
+        --disk) read_disk_limit "${2:?--disk needs a value}" ;;
+        *) common_arg "$1"; ARGS_USED=1 ;;   # --keep, --help, DIR
+    esac
+}
+
+# check_cluster_args NODES: dies unless RUNTIME is a positive whole number and NODES
+# nodes' ports fit from BASE_PORT (need_base_port).
+check_cluster_args() {
+    need_positive "$RUNTIME" --seconds
+    need_base_port "$BASE_PORT" "$1"
+}
+
 # need_positive VALUE OPTION: returns if VALUE is a positive whole number, else dies naming OPTION.
 need_positive() { case "$1" in ''|*[!0-9]*|0) die "$2 must be a positive whole number" ;; esac; }
 

@@ -26,6 +26,9 @@
 #   --rate RATE      each node's recovery limit in bytes per second, as dog takes it:
 #                    50M, 200M, 0 for no limit (default: the nodes' own, 64 MiB/s)
 #   --base-port N    admin ports N..N+6, NBD ports N+3809..N+3815 (default 7300)
+#   --disk MBPS[:IOPS]
+#                    give each sheep a throttled disk of its own (see
+#                    erasure-vs-replica.sh; needs root; default: no limit)
 #   --no-build       use target/release/sheep and dog as they are (default: build them)
 #   --keep           keep the stores, the cluster state file, fio's JSON and latency
 #                    logs and the recovery poll log
@@ -54,16 +57,12 @@ SETTLE=60          # seconds the fresh cluster has to report recovery complete
 
 while [ $# -gt 0 ]; do
     case "$1" in
-        --seconds) RUNTIME=${2:?--seconds needs a value}; shift 2 ;;
-        --size) SIZE=${2:?--size needs a value}; shift 2 ;;
         --rate) RATE=${2:?--rate needs a value}; shift 2 ;;
-        --base-port) BASE_PORT=${2:?--base-port needs a value}; shift 2 ;;
         --no-build) NO_BUILD=1; shift ;;
-        *) common_arg "$1"; shift ;;   # --keep, --help, DIR
+        *) cluster_arg "$@"; shift "$ARGS_USED" ;;
     esac
 done
-need_positive "$RUNTIME" --seconds
-need_base_port "$BASE_PORT" "$NODES"
+check_cluster_args "$NODES"
 case "$RATE" in -*) die "--rate needs a value such as 50M (0: no limit)" ;; esac   # dog checks the rest
 
 # One size in bytes for fio and nbdinfo, and one spelling for dog.

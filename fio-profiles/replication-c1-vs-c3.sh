@@ -18,6 +18,9 @@
 #   --size SIZE      size of both VDIs = span of every job; a whole number of MiB:
 #                    512M, 1G (default 1G)
 #   --base-port N    admin ports N..N+5, NBD ports N+3809..N+3814 (default 7100)
+#   --disk MBPS[:IOPS]
+#                    give each sheep a throttled disk of its own (see
+#                    erasure-vs-replica.sh; needs root; default: no limit)
 #   --keep           keep the stores, the cluster state file and every job's JSON
 set -euo pipefail
 
@@ -33,16 +36,8 @@ NODES=6
 JOBS=(write-1M-qd8 randwrite-4k-qd32)
 VDIS=(c1 c3)
 
-while [ $# -gt 0 ]; do
-    case "$1" in
-        --seconds) RUNTIME=${2:?--seconds needs a value}; shift 2 ;;
-        --size) SIZE=${2:?--size needs a value}; shift 2 ;;
-        --base-port) BASE_PORT=${2:?--base-port needs a value}; shift 2 ;;
-        *) common_arg "$1"; shift ;;   # --keep, --help, DIR
-    esac
-done
-need_positive "$RUNTIME" --seconds
-need_base_port "$BASE_PORT" "$NODES"
+while [ $# -gt 0 ]; do cluster_arg "$@"; shift "$ARGS_USED"; done
+check_cluster_args "$NODES"
 
 # One size in bytes for fio and nbdinfo, and one spelling for dog.
 read_size "$SIZE" 1G
