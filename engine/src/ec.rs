@@ -27,7 +27,7 @@
 use crate::error::{Result, StoreError};
 use crate::gateway::{lock_range, peer_addr, view, Gateway, Target};
 use crate::partition::WriteMeta;
-use crate::peer::{Call, RpcError};
+use crate::peer::{Call, Rpc, RpcError};
 use crate::shard::{Reply, Shard};
 use bytemuck::{Pod, Zeroable};
 use collie_net::admin::CheckReport;
@@ -42,8 +42,6 @@ use std::borrow::Cow;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::rc::Rc;
-
-type Rpc<T> = std::result::Result<T, RpcError>;
 
 /// The version every stripe of a new object starts at: zeros. Versions the primary
 /// assigns are `epoch << 32 | counter` with epoch >= 1, so always larger.

@@ -24,7 +24,7 @@ use crate::cluster::view::ClusterView;
 use crate::cluster::Member;
 use crate::error::{Result, StoreError};
 use crate::partition::{ObjectInfo, WriteMeta};
-use crate::peer::{self, Call, RpcError};
+use crate::peer::{self, Call, Rpc, RpcError};
 use crate::shard::{owner_of, partition_of, Reply, Shard, WriteMode};
 use collie_net::admin::CheckReport;
 use collie_net::peer::{decode_oids, Op, FLAG_MUST_EXIST};
@@ -725,31 +725,43 @@ impl Gateway {
 
     /// Every object on every member (sorted, each once).
     pub async fn list_all(&self) -> Result<Vec<u64>> {
-        let Some(v) = view() else {
+        if view().is_none() {
             return self.shard.list().await;
-        };
-        let mut all = self
+        }
+        let mut all: Vec<u64> = self
             .settled(0, || async {
-                let mut all = Vec::new();
-                for (i, m) in v.members.iter().enumerate() {
-                    let t = if v.is_me(i) {
-                        Target::Local
-                    } else {
-                        match m.peer_ports.first() {
-                            Some(&p) => Target::Remote(SocketAddr::new(m.id.addr(), p)),
-                            None => continue,
-                        }
-                    };
-                    if let Reply::List(l) = self.exec(v.epoch, t, &Call::new(Op::List, 0)).await? {
-                        all.extend(l);
-                    }
-                }
-                Ok(all)
+                let v = view().ok_or_else(|| RpcError::Retry("no view".into()))?;
+                Ok(self
+                    .member_lists(&v)
+                    .await?
+                    .into_iter()
+                    .flat_map(|(_, l)| l)
+                    .collect())
             })
             .await?;
         all.sort_unstable();
         all.dedup();
         Ok(all)
+    }
+
+    /// Each member's object list at `v`'s epoch (one `List` each; this node's own
+    /// marked true), for `list_all` and recovery's plan.
+    pub(crate) async fn member_lists(&self, v: &ClusterView) -> Rpc<Vec<(bool, Vec<u64>)>> {
+        let mut out = Vec::with_capacity(v.members.len());
+        for (i, m) in v.members.iter().enumerate() {
+            let t = if v.is_me(i) {
+                Target::Local
+            } else {
+                match m.peer_ports.first() {
+                    Some(&p) => Target::Remote(SocketAddr::new(m.id.addr(), p)),
+                    None => continue,
+                }
+            };
+            if let Reply::List(l) = self.exec(v.epoch, t, &Call::new(Op::List, 0)).await? {
+                out.push((v.is_me(i), l));
+            }
+        }
+        Ok(out)
     }
 }
 

@@ -285,6 +285,9 @@ pub enum RpcError {
     Store(#[from] StoreError),
 }
 
+/// The result of a request that may have to run again on a newer view.
+pub type Rpc<T> = std::result::Result<T, RpcError>;
+
 thread_local! {
     /// Idle connections of this shard, by peer shard address.
     static POOL: RefCell<HashMap<SocketAddr, Vec<TcpStream>>> = RefCell::new(HashMap::new());

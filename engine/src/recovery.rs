@@ -7,7 +7,7 @@ use crate::ec::Layout;
 use crate::error::StoreError;
 use crate::gateway::{self, Gateway, Target, META_COPIES};
 use crate::partition::{ObjectInfo, WriteMeta};
-use crate::peer::{Call, RpcError};
+use crate::peer::{Call, Rpc, RpcError};
 use crate::shard::{Reply, Shard};
 use crate::vdi::{self, Inode, Objects};
 use collie_net::admin::{CheckReport, RecoveryStat};
@@ -23,8 +23,6 @@ use std::rc::Rc;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-
-type Rpc<T> = std::result::Result<T, RpcError>;
 
 /// Background recovery's default limit per node. Measured here (fio-profiles/recovery.sh,
 /// 7 nodes on 2 cores, 1G): unlimited, recovery copied ~450 MiB/s and a client's p99
@@ -769,26 +767,16 @@ async fn run(sh: &Rc<Shard>, v: &ClusterView) {
 /// to be up to date, and those held here but placed elsewhere.
 async fn plan(gw: &Gateway, v: &ClusterView) -> Rpc<Vec<Item>> {
     let sh = gw.shard();
-    let list = Call::new(Op::List, 0);
     let mut all: Vec<u64> = Vec::new();
-    for (i, m) in v.members.iter().enumerate() {
-        if v.is_me(i) {
-            continue;
-        }
-        let Some(&port) = m.peer_ports.first() else {
-            continue;
-        };
-        let t = Target::Remote(SocketAddr::new(m.id.addr(), port));
-        if let Reply::List(l) = gw.exec(v.epoch, t, &list).await? {
-            all.extend(l.into_iter().filter(|&o| sh.owns(o)));
+    let mut mine: HashSet<u64> = HashSet::new();
+    for (me, list) in gw.member_lists(v).await? {
+        let owned = list.into_iter().filter(|&o| sh.owns(o));
+        if me {
+            mine.extend(owned);
+        } else {
+            all.extend(owned);
         }
     }
-    let mine: HashSet<u64> = sh
-        .list()
-        .await?
-        .into_iter()
-        .filter(|&o| sh.owns(o))
-        .collect();
     all.extend(mine.iter().copied());
     all.sort_unstable();
     all.dedup();
