@@ -23,6 +23,7 @@ pub mod format;
 pub mod frontend;
 pub mod gateway;
 pub mod index;
+mod listen;
 pub mod node;
 pub mod partition;
 pub mod peer;

@@ -7,6 +7,7 @@
 //! a slow request delays nothing else.
 
 use crate::error::{Result, StoreError};
+use crate::listen::{accept_on, Accept};
 use crate::partition::WriteMeta;
 use crate::shard::{Shard, WriteMode};
 use crate::store::Store;
@@ -16,13 +17,10 @@ use collie_net::peer::{
 };
 use futures::future::{select, Either};
 use futures::io::{AsyncReadExt, AsyncWriteExt};
-use futures::FutureExt;
 use glommio::net::TcpStream;
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::os::fd::{FromRawFd, IntoRawFd, OwnedFd};
-use std::panic::AssertUnwindSafe;
 use std::rc::Rc;
 use std::time::Duration;
 
@@ -46,45 +44,16 @@ pub fn serve_peers(store: &Store, listeners: Vec<std::net::TcpListener>) -> Resu
     let io = |e| StoreError::io("peer listener", e);
     for (shard, l) in listeners.into_iter().enumerate() {
         l.set_nonblocking(true).map_err(io)?;
-        let fd: OwnedFd = l.into();
-        store.run_on(shard, move |sh| async move {
-            // SAFETY: `fd` is an open listening TCP socket we own; glommio takes it over.
-            let l = unsafe { glommio::net::TcpListener::from_raw_fd(fd.into_raw_fd()) };
-            glommio::spawn_local(accept_loop(l, sh)).detach();
+        let how = Accept {
+            what: "peer",
+            max: MAX_PEER_CONNECTIONS,
+            loud: false,
+        };
+        accept_on(store, shard, l, how, |stream, sh| async move {
+            serve_connection(stream, &sh).await
         })?;
     }
     Ok(())
-}
-
-async fn accept_loop(l: glommio::net::TcpListener, sh: Rc<Shard>) {
-    let open = Rc::new(Cell::new(0usize));
-    loop {
-        let stream = match l.accept().await {
-            Ok(s) => s,
-            Err(e) => {
-                tracing::warn!(shard = sh.id, "peer accept failed: {e}");
-                glommio::timer::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        if open.get() >= MAX_PEER_CONNECTIONS {
-            tracing::warn!(shard = sh.id, "peer: too many connections, refusing one");
-            continue;
-        }
-        let _ = stream.set_nodelay(true);
-        open.set(open.get() + 1);
-        let (sh, open) = (sh.clone(), open.clone());
-        glommio::spawn_local(async move {
-            let served = AssertUnwindSafe(serve_connection(stream, &sh)).catch_unwind();
-            match served.await {
-                Ok(Ok(())) => {}
-                Ok(Err(e)) => tracing::debug!(shard = sh.id, "peer connection ended: {e}"),
-                Err(_) => tracing::error!(shard = sh.id, "peer connection panicked; dropped it"),
-            }
-            open.set(open.get() - 1);
-        })
-        .detach();
-    }
 }
 
 #[derive(Debug, thiserror::Error)]
