@@ -6,7 +6,8 @@
 //! compaction; VDIs (inodes, vids, byte ranges over objects) served as NBD exports and
 //! answered to admin requests; cluster membership and the gateway that reaches every
 //! copy of an object over peer RPC (docs/cluster.md); erasure-coded objects, their
-//! fragments and stripe versions (docs/erasure.md). Later: recovery.
+//! fragments and stripe versions (docs/erasure.md); recovery after membership changes
+//! (docs/recovery.md).
 //!
 //! Must not: take a lock on the data path (shards talk by message), return bytes that
 //! failed their checksum, acknowledge a write before it is durable (unless the store
