@@ -40,20 +40,17 @@ pub fn serve_nbd(
     listener: std::net::TcpListener,
     cfg: FrontendConfig,
 ) -> Result<()> {
-    let io = |what: &str, e: std::io::Error| StoreError::io(what.to_owned(), e);
-    listener
-        .set_nonblocking(true)
-        .map_err(|e| io("nbd listener", e))?;
+    let cfg = Arc::new(cfg);
     for shard in 0..store.shard_count() {
         let dup = listener
             .try_clone()
-            .map_err(|e| io("duplicating the nbd listener", e))?;
+            .map_err(|e| StoreError::io("duplicating the nbd listener", e))?;
         let how = Accept {
             what: "nbd",
             max: cfg.max_connections_per_shard,
             loud: true,
         };
-        let cfg = Arc::new(cfg.clone());
+        let cfg = cfg.clone();
         accept_on(store, shard, dup, how, move |stream, sh| {
             let cfg = cfg.clone();
             async move { connection(stream, sh, &cfg).await }

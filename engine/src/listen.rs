@@ -3,7 +3,7 @@
 //! so a taken port would be a silent share instead of an error), and the accept loop
 //! that shard runs on it.
 
-use crate::error::Result;
+use crate::error::{Result, StoreError};
 use crate::shard::Shard;
 use crate::store::Store;
 use futures::FutureExt;
@@ -25,8 +25,8 @@ pub(crate) struct Accept {
     pub loud: bool,
 }
 
-/// Runs `serve` for every connection accepted on `listener` (std, non-blocking) on
-/// shard `shard` of `store`, each in a task of its own, until the store shuts down.
+/// Runs `serve` for every connection accepted on `listener` (std, bound) on shard
+/// `shard` of `store`, each in a task of its own, until the store shuts down.
 pub(crate) fn accept_on<F, Fut, E>(
     store: &Store,
     shard: usize,
@@ -39,6 +39,9 @@ where
     Fut: std::future::Future<Output = std::result::Result<(), E>> + 'static,
     E: std::fmt::Display + 'static,
 {
+    listener
+        .set_nonblocking(true)
+        .map_err(|e| StoreError::io(format!("{} listener", how.what), e))?;
     let fd: OwnedFd = listener.into();
     store.run_on(shard, move |sh| async move {
         // SAFETY: `fd` is an open listening TCP socket we own; glommio takes it over.

@@ -41,9 +41,7 @@ pub fn serve_peers(store: &Store, listeners: Vec<std::net::TcpListener>) -> Resu
             store.shard_count()
         )));
     }
-    let io = |e| StoreError::io("peer listener", e);
     for (shard, l) in listeners.into_iter().enumerate() {
-        l.set_nonblocking(true).map_err(io)?;
         let how = Accept {
             what: "peer",
             max: MAX_PEER_CONNECTIONS,

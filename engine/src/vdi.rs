@@ -389,11 +389,10 @@ async fn restore_inode(gw: &Gateway, inode: &Inode) -> Result<()> {
         .iter()
         .flat_map(|o| o.to_le_bytes())
         .collect();
-    // A 16 TiB VDI's table is 16 MiB: sent in pieces well under a peer frame.
-    const PIECE: usize = 1 << 20;
+    let piece = OWNER_TABLE_PIECE as usize;
     let mut ranges: Vec<(u64, &[u8])> = vec![(0, bytemuck::bytes_of(&header))];
-    for (i, part) in table.chunks(PIECE).enumerate() {
-        ranges.push((DATA_VDI_ID_OFFSET + (i * PIECE) as u64, part));
+    for (i, part) in table.chunks(piece).enumerate() {
+        ranges.push((DATA_VDI_ID_OFFSET + (i * piece) as u64, part));
     }
     gw.restore(
         inode.vid.inode_oid(),
@@ -456,10 +455,10 @@ pub async fn list(gw: &Gateway) -> Result<Vec<(Inode, u64)>> {
     Ok(out)
 }
 
-/// Bytes of the owner table read at once: a read from another node must fit one peer
-/// frame, and a 16 TiB VDI's table (16 MiB) does not.
-const OWNERS_PER_READ: u64 = 4 << 20;
-const _: () = assert!(OWNERS_PER_READ <= collie_net::peer::MAX_PAYLOAD as u64);
+/// Bytes of the owner table read or written at once: a request to another node must
+/// fit one peer frame, and a 16 TiB VDI's table (16 MiB) does not.
+const OWNER_TABLE_PIECE: u64 = 1 << 20;
+const _: () = assert!(OWNER_TABLE_PIECE <= collie_net::peer::MAX_PAYLOAD as u64);
 
 /// `data_vdi_id[0..object_count]` of a VDI.
 pub async fn load_owners(gw: &Gateway, inode: &Inode) -> Result<Vec<u32>> {
@@ -467,7 +466,7 @@ pub async fn load_owners(gw: &Gateway, inode: &Inode) -> Result<Vec<u32>> {
     let mut bytes = Vec::with_capacity(len as usize);
     let mut at = 0;
     while at < len {
-        let piece = OWNERS_PER_READ.min(len - at);
+        let piece = OWNER_TABLE_PIECE.min(len - at);
         let got = gw
             .read(
                 inode.vid.inode_oid(),
