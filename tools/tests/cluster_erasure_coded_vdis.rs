@@ -152,19 +152,8 @@ fn erasure_coded_vdis_live_beside_a_replicated_one() {
     // 8:3 data survives three dead zones, and so must its inode: it keeps P + 1 = 4
     // copies. The first three nodes holding it die; the VDI still opens and every
     // byte fio wrote still verifies, through a node that held no copy.
-    let loc = n0.dog_ok(&["vdi", "object", "location", "-r", "ec83"]);
-    let holders: Vec<usize> = loc
-        .lines()
-        .filter(|l| l.ends_with(" target"))
-        .map(|l| {
-            let addr = l.split_whitespace().next().unwrap();
-            c.nodes
-                .iter()
-                .position(|s| addr == format!("127.0.0.1:{}", s.port))
-                .unwrap_or_else(|| panic!("no node at {addr}"))
-        })
-        .collect();
-    assert_eq!(holders.len(), 4, "copies of ec83's inode\n{loc}");
+    let holders = c.inode_targets("ec83");
+    assert_eq!(holders.len(), 4, "copies of ec83's inode: {holders:?}");
     for &i in &holders[..3] {
         c.nodes[i].kill9();
     }

@@ -172,11 +172,11 @@ fn erasure_coded_fragments_are_rebuilt() {
     // Below D: one more zone dies, one holding no copy of the inode (so the VDI stays
     // known). With three zones nothing of a 4:2 object can be rebuilt: recovery counts
     // the objects lost and completes, rather than retrying them forever.
-    let inode = c.nodes[0].dog_ok(&["vdi", "object", "location", "-r", "ec"]);
+    let inode = c.inode_targets("ec");
     let victim = [0, 2, 4, 6]
         .into_iter()
-        .find(|&i| !inode.contains(&format!("127.0.0.1:{} ", c.nodes[i].port)))
-        .unwrap_or_else(|| panic!("every live node holds the inode:\n{inode}"));
+        .find(|i| !inode.contains(i))
+        .unwrap_or_else(|| panic!("every live node holds the inode: {inode:?}"));
     c.nodes[victim].kill9();
     c.wait_members(3);
     c.wait_recovered(SETTLE);

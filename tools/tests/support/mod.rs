@@ -429,6 +429,24 @@ impl Cluster {
         c
     }
 
+    /// The nodes (indices) placement puts `vdi`'s inode on, in order, as `dog vdi
+    /// object location -r` through a live node reports them.
+    pub fn inode_targets(&self, vdi: &str) -> Vec<usize> {
+        let s = self.live().next().expect("no live node");
+        let loc = s.dog_ok(&["vdi", "object", "location", "-r", vdi]);
+        // ADDR ZONE USED CRC target|misplaced
+        loc.lines()
+            .filter(|l| l.ends_with(" target"))
+            .map(|l| {
+                let addr = l.split_whitespace().next().unwrap_or_default();
+                self.nodes
+                    .iter()
+                    .position(|s| addr == format!("127.0.0.1:{}", s.port))
+                    .unwrap_or_else(|| panic!("no node at {addr}:\n{loc}"))
+            })
+            .collect()
+    }
+
     /// The running nodes.
     pub fn live(&self) -> impl Iterator<Item = &Sheep> {
         self.nodes.iter().filter(|s| s.pid.is_some())
