@@ -4,17 +4,21 @@
 //! of its oid, fragment `j` on target `j`, each under its own key
 //! ([`fragment_oid`]). The placement module says which bytes are in which fragment.
 //!
-//! No write hole. Every stripe carries a version; a holder keeps each stripe's chunk in
-//! two slots, and a write of version `v` goes into the slot that does not hold the
-//! version the writer read (its *keep* version), so until the write is complete on all
-//! holders the old version still decodes from them. Versions are
+//! No write hole. Every chunk a write changes gets the write's version; a holder keeps
+//! each stripe's chunk in two slots, and a write of version `v` goes into the slot that
+//! does not hold the version the writer read (its *keep* version), so until the write
+//! is complete on all holders the old state still decodes from them. Versions are
 //! `epoch << 32 | counter`: only the primary (target 0) assigns them, at most one node
 //! is the primary of an object in an epoch, and epochs only grow, so a newer write
-//! always has a larger version. A reader that finds fragments at different versions
-//! decodes the newest version that at least `D` fragments hold, never a mix; a stripe's
-//! blocks that a write did not touch are the same in both versions, so they never
-//! change. A slot whose chunk fails its CRC32C (a write torn by a crash, bit rot) is
-//! skipped as if it were absent.
+//! always has a larger version. A data fragment's slot carries the version of the write
+//! that last changed that chunk; a parity fragment's slot carries the version `w` of
+//! the write that made it and the vector `V` of data versions it encodes (all `w` after
+//! a whole-stripe write; a small write changes one data chunk and XORs the difference
+//! into each parity, docs/erasure-deltas.md). A reader that finds fragments at
+//! different versions decodes the newest `(w, V)` that at least `D` fragments hold,
+//! never a mix; a stripe's blocks that a write did not touch are the same in both
+//! states, so they never change. A slot whose chunk (and vector) fails its CRC32C (a
+//! write torn by a crash, bit rot) is skipped as if it were absent.
 //!
 //! Ordering. Writes go to the primary, which runs the read-modify-write of partial
 //! stripes under a range lock of its owning shard, so two writers to different blocks
@@ -51,11 +55,21 @@ pub const NEWEST: u64 = 0;
 /// In a FragRead: this stripe is not wanted.
 pub const SKIP: u64 = u64::MAX;
 
-/// Slot flag: the stripe's chunk is zeros (nothing was written to the slot).
+/// Slot flag: the stripe's chunk is zeros (nothing was written to the slot). A zeros
+/// slot encodes every data fragment at its own version.
 const SLOT_ZEROS: u32 = 1;
-/// Objects whose stripe versions a primary remembers, per shard.
-const CACHED_OBJECTS: usize = 4096;
-/// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2).
+/// Slot flag of parity fragments: the slot encodes the data fragments at the versions
+/// its vector (in the fragment's vector area) names, not all at the slot's version; the
+/// slot's CRC covers the vector, then the chunk, so a torn vector is a torn slot.
+const SLOT_MIXED: u32 = 2;
+/// Data fragments' slots keep in the flags' high 16 bits which data fragments of the
+/// stripe the write that made them changed (0: all): a reader that has only data
+/// fragments takes a version only where every chunk that write changed holds it.
+const TOUCHED_SHIFT: u32 = 16;
+/// Objects whose stripe versions a primary remembers, per shard (~10 KiB each for 4:2).
+const CACHED_OBJECTS: usize = 2048;
+/// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2 data
+/// fragments, 24 KiB for parity ones).
 const CACHED_HEADERS: usize = 2048;
 
 /// One slot of a stripe's header entry on a holder.
@@ -97,9 +111,34 @@ impl StripeEntry {
     }
 }
 
+/// The data versions slot `k` of a parity entry encodes: its vector if the slot is
+/// mixed (`stored`: the slot's D versions), else its own version D times.
+fn vector_of(e: &StripeEntry, k: usize, stored: &[u64]) -> Vec<u64> {
+    if e.slots[k].flags & SLOT_MIXED != 0 {
+        stored.to_vec()
+    } else {
+        vec![e.slots[k].version; stored.len()]
+    }
+}
+
+/// The data fragments the write that made data slot `s` changed (a bit each).
+fn touched(s: &Slot, d: usize) -> u32 {
+    match s.flags >> TOUCHED_SHIFT {
+        0 => (1u32 << d) - 1,
+        m => m,
+    }
+}
+
+/// The CRC a slot records: over its vector (mixed parity slots only), then its chunk.
+fn slot_crc(vector: Option<&[u64]>, chunk: &[u8]) -> u32 {
+    let seed = vector.map_or(0, |v| crc32c::crc32c(bytemuck::cast_slice(v)));
+    crc32c::crc32c_append(seed, chunk)
+}
+
 /// How an erasure-coded VDI's objects are cut, and where a holder keeps a fragment: a
-/// header of one [`StripeEntry`] per stripe (4 KiB aligned), then two slots of a whole
-/// fragment each.
+/// header of one [`StripeEntry`] per stripe (4 KiB aligned), two slots of a whole
+/// fragment each, then (used by parity fragments) the vector area: per slot and stripe
+/// the D data versions a mixed slot encodes.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
     pub geo: Geometry,
@@ -158,7 +197,18 @@ impl Layout {
     }
     /// Size of the store object that holds one fragment.
     fn fragment_object_size(&self) -> u64 {
+        self.vectors_at() + (2 * self.stripes() * self.data() as u64 * 8).next_multiple_of(4096)
+    }
+    fn vectors_at(&self) -> u64 {
         self.header + 2 * self.geo.fragment_size()
+    }
+    /// Where slot `slot`'s vector of `stripe` is: per slot, the stripes' vectors in a row.
+    fn vector_at(&self, slot: usize, stripe: u64) -> u64 {
+        let d = self.data() as u64;
+        self.vectors_at() + (slot as u64 * self.stripes() + stripe) * d * 8
+    }
+    fn is_parity(&self, frag: usize) -> bool {
+        frag >= self.data()
     }
     fn meta(&self) -> WriteMeta {
         WriteMeta {
@@ -189,8 +239,37 @@ fn entries_of(b: &[u8]) -> Vec<StripeEntry> {
         .collect()
 }
 
+fn u64s_of(b: &[u8]) -> Vec<u64> {
+    b.chunks_exact(8)
+        .map(bytemuck::pod_read_unaligned::<u64>)
+        .collect()
+}
+
+/// The fragment index of fragment key `key`.
+fn frag_index(key: u64) -> usize {
+    match object_kind(key) {
+        ObjectKind::Fragment { fragment, .. } => usize::from(fragment),
+        _ => 0,
+    }
+}
+
+/// What a holder keeps in memory of one fragment: its header entries and, for a parity
+/// fragment, its vector area (`[slot][stripe][D]`; empty for data fragments).
+struct Frag {
+    ents: Vec<StripeEntry>,
+    vecs: Vec<u64>,
+}
+
+impl Frag {
+    fn vector(&self, lay: &Layout, k: usize, stripe: usize) -> &[u64] {
+        let d = lay.data();
+        let at = (k * lay.stripes() as usize + stripe) * d;
+        self.vecs.get(at..at + d).unwrap_or(&[])
+    }
+}
+
 /// A fragment's whole header, shared by the requests working on it.
-type Header = Rc<RefCell<Vec<StripeEntry>>>;
+type Header = Rc<RefCell<Frag>>;
 
 /// The header of fragment `key` (from memory, else from the store); `None` if this
 /// node has no such fragment.
@@ -203,13 +282,26 @@ async fn header(sh: &Shard, key: u64, lay: &Layout) -> Result<Option<Header>> {
         Err(StoreError::NotFound(_)) => return Ok(None),
         Err(e) => return Err(e),
     };
+    let ents = entries_of(&bytes);
+    let mut vecs = Vec::new();
+    if lay.is_parity(frag_index(key)) {
+        let len = 2 * lay.stripes() * lay.data() as u64 * 8;
+        vecs = if ents
+            .iter()
+            .any(|e| e.slots.iter().any(|s| s.flags & SLOT_MIXED != 0))
+        {
+            u64s_of(&sh.read(key, lay.vectors_at(), len).await?)
+        } else {
+            vec![0; len as usize / 8]
+        };
+    }
     // Another request may have loaded (and changed) it meanwhile: that one wins.
-    Ok(Some(cache_header(key, entries_of(&bytes)).0))
+    Ok(Some(cache_header(key, Frag { ents, vecs }).0))
 }
 
-/// Caches `ents` as `key`'s header unless one is cached already; returns the cached
-/// one and whether it is `ents`.
-fn cache_header(key: u64, ents: Vec<StripeEntry>) -> (Header, bool) {
+/// Caches `f` as `key`'s header unless one is cached already; returns the cached one
+/// and whether it is `f`.
+fn cache_header(key: u64, f: Frag) -> (Header, bool) {
     HEADERS.with(|c| {
         let mut c = c.borrow_mut();
         if let Some(h) = c.get(&key) {
@@ -219,7 +311,7 @@ fn cache_header(key: u64, ents: Vec<StripeEntry>) -> (Header, bool) {
             // Dropping them all costs one header read per fragment next time.
             c.clear();
         }
-        let h = Rc::new(RefCell::new(ents));
+        let h = Rc::new(RefCell::new(f));
         c.insert(key, h.clone());
         (h, true)
     })
@@ -229,16 +321,37 @@ fn uncache_header(key: u64) {
     HEADERS.with(|c| c.borrow_mut().remove(&key));
 }
 
-async fn entries(
-    sh: &Shard,
-    key: u64,
-    lay: &Layout,
-    s0: u64,
-    n: u64,
-) -> Result<Option<Vec<StripeEntry>>> {
-    Ok(header(sh, key, lay)
-        .await?
-        .map(|h| h.borrow()[s0 as usize..(s0 + n) as usize].to_vec()))
+/// Entries of stripes `s0..s0+n` of a held fragment and, for a parity fragment, each
+/// one's two vectors (`[stripe][slot][D]`, as the probe sends them: zeros and
+/// whole-stripe slots expanded).
+struct Entries {
+    ents: Vec<StripeEntry>,
+    vecs: Vec<u64>,
+}
+
+impl Entries {
+    fn vector(&self, d: usize, i: usize, k: usize) -> &[u64] {
+        let at = (i * 2 + k) * d;
+        self.vecs.get(at..at + d).unwrap_or(&[])
+    }
+}
+
+async fn entries(sh: &Shard, key: u64, lay: &Layout, s0: u64, n: u64) -> Result<Option<Entries>> {
+    let Some(h) = header(sh, key, lay).await? else {
+        return Ok(None);
+    };
+    let f = h.borrow();
+    let range = s0 as usize..(s0 + n) as usize;
+    let ents = f.ents[range.clone()].to_vec();
+    let mut vecs = Vec::new();
+    if lay.is_parity(frag_index(key)) {
+        for s in range {
+            for k in 0..2 {
+                vecs.extend(vector_of(&f.ents[s], k, f.vector(lay, k, s)));
+            }
+        }
+    }
+    Ok(Some(Entries { ents, vecs }))
 }
 
 /// The slot a write of `version` takes: the one already holding it (a retry), else
@@ -253,52 +366,88 @@ fn choose(e: &StripeEntry, version: u64, keep: u64) -> usize {
     usize::from(e.slots[0].version > e.slots[1].version)
 }
 
-/// Writes stripes `s0..` of fragment `key`: the chunks (none for zeros) into the slots
-/// the new versions take, and the header entries naming them, in one round: both
-/// usually land in one batch of the store's log. No order is needed between them: an
-/// entry is only believed when its chunk matches the CRC32C it records, so a crash that
-/// keeps the entry but not the chunk leaves a torn slot that readers skip, and never
-/// touches the slot of the kept version. Readers of this node see the new entries only
-/// once both are durable (the cache is updated last).
-#[allow(clippy::too_many_arguments)]
-async fn frag_write(
-    sh: &Shard,
-    key: u64,
-    lay: &Layout,
-    s0: u64,
-    versions: &[u64],
-    keeps: &[u64],
-    data: Option<&[u8]>,
+/// A fragment write as a holder receives it: per stripe its new version, the version
+/// to keep, and the stripe's new state (the D data versions parity encodes; a data
+/// fragment learns from it which chunks the write changed); then the chunks.
+#[derive(Clone, Copy)]
+struct FragWrite<'a> {
+    versions: &'a [u64],
+    keeps: &'a [u64],
+    /// `n × D` versions.
+    vectors: &'a [u64],
+    /// `None`: the stripes become zeros.
+    data: Option<&'a [u8]>,
     create: bool,
-) -> Result<()> {
-    let n = versions.len();
+}
+
+/// Writes stripes `s0..` of fragment `key`: the chunks (none for zeros) into the slots
+/// the new versions take, the vectors of mixed parity slots, and the header entries
+/// naming them, in one round: they usually land in one batch of the store's log. No
+/// order is needed between them: an entry is only believed when its chunk (and vector)
+/// matches the CRC32C it records, so a crash that keeps the entry but not the rest
+/// leaves a torn slot that readers skip, and never touches the slot of the kept
+/// version. Readers of this node see the new entries only once all are durable (the
+/// cache is updated last).
+async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'_>) -> Result<()> {
+    let n = w.versions.len();
     lay.check_stripes(s0, n as u64)?;
-    let c = lay.chunk();
-    if keeps.len() != n || data.is_some_and(|d| d.len() != n * c) || versions.contains(&0) {
+    let (c, d) = (lay.chunk(), lay.data());
+    let (j, parity) = (frag_index(key), lay.is_parity(frag_index(key)));
+    if w.keeps.len() != n
+        || w.data.is_some_and(|x| x.len() != n * c)
+        || w.versions.contains(&0)
+        || w.vectors.len() != n * d
+    {
         return Err(StoreError::Invalid(
             "fragment write: bad lengths or versions".into(),
+        ));
+    }
+    // Per stripe, the data fragments the write changes.
+    let changes: Vec<u32> = (0..n)
+        .map(|i| {
+            (0..d)
+                .filter(|&k| w.vectors[i * d + k] == w.versions[i])
+                .fold(0, |m, k| m | 1 << k)
+        })
+        .collect();
+    let all = (1u32 << d) - 1;
+    if !parity && changes.iter().any(|m| m & 1 << j == 0) {
+        return Err(StoreError::Invalid(
+            "fragment write: the new state does not change this data fragment".into(),
+        ));
+    }
+    let mixed: Vec<bool> = changes.iter().map(|&m| parity && m != all).collect();
+    let flags = |i: usize| match (parity, mixed[i]) {
+        (true, true) => SLOT_MIXED,
+        (true, false) => 0,
+        (false, _) => changes[i] << TOUCHED_SHIFT,
+    };
+    if w.data.is_none() && changes.iter().any(|&m| m != all) {
+        return Err(StoreError::Invalid(
+            "fragment write: zeros encode every data fragment at their own version".into(),
         ));
     }
     let meta = lay.meta();
     let range = s0 as usize..s0 as usize + n;
     let cached = header(sh, key, lay).await?;
     let mut ents: Vec<StripeEntry> = match &cached {
-        Some(h) => h.borrow()[range.clone()].to_vec(),
-        None if create => vec![StripeEntry::initial(); n],
+        Some(h) => h.borrow().ents[range.clone()].to_vec(),
+        None if w.create => vec![StripeEntry::initial(); n],
         None => vec![StripeEntry::zeroed(); n],
     };
     let slots: Vec<usize> = (0..n)
-        .map(|i| choose(&ents[i], versions[i], keeps[i]))
+        .map(|i| choose(&ents[i], w.versions[i], w.keeps[i]))
         .collect();
+    let vector = |i: usize| mixed[i].then(|| &w.vectors[i * d..(i + 1) * d]);
     for (i, e) in ents.iter_mut().enumerate() {
-        e.slots[slots[i]] = match data {
-            Some(d) => Slot {
-                version: versions[i],
-                crc: crc32c::crc32c(&d[i * c..(i + 1) * c]),
-                flags: 0,
+        e.slots[slots[i]] = match w.data {
+            Some(x) => Slot {
+                version: w.versions[i],
+                crc: slot_crc(vector(i), &x[i * c..(i + 1) * c]),
+                flags: flags(i),
             },
             None => Slot {
-                version: versions[i],
+                version: w.versions[i],
                 crc: 0,
                 flags: SLOT_ZEROS,
             },
@@ -310,7 +459,7 @@ async fn frag_write(
     let whole: Vec<StripeEntry> = match cached {
         Some(_) => Vec::new(),
         None => {
-            let fill = if create {
+            let fill = if w.create {
                 StripeEntry::initial()
             } else {
                 StripeEntry::zeroed()
@@ -326,16 +475,29 @@ async fn frag_write(
         (0, bytemuck::cast_slice(&whole))
     };
     let mut writes = vec![sh.write(key, at, bytes, meta)];
-    if let Some(data) = data {
-        let mut i = 0;
-        while i < n {
-            let mut j = i + 1;
-            while j < n && slots[j] == slots[i] {
-                j += 1;
-            }
+    // Runs of stripes whose writes take one slot: their chunks (and vectors) are
+    // contiguous there.
+    let mut runs = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let mut j = i + 1;
+        while j < n && slots[j] == slots[i] {
+            j += 1;
+        }
+        runs.push((i, j));
+        i = j;
+    }
+    if let Some(data) = w.data {
+        for &(i, j) in &runs {
             let at = lay.slot_at(slots[i], s0 + i as u64);
             writes.push(sh.write(key, at, &data[i * c..j * c], meta));
-            i = j;
+        }
+        if mixed.contains(&true) {
+            for &(i, j) in &runs {
+                let at = lay.vector_at(slots[i], s0 + i as u64);
+                let v = bytemuck::cast_slice(&w.vectors[i * d..j * d]);
+                writes.push(sh.write(key, at, v, meta));
+            }
         }
     }
     if let Some(e) = join_all(writes).await.into_iter().find_map(|r| r.err()) {
@@ -343,13 +505,26 @@ async fn frag_write(
         uncache_header(key);
         return Err(e);
     }
-    match cached {
-        Some(h) => h.borrow_mut()[range].copy_from_slice(&ents),
+    let h = match cached {
+        Some(h) => h,
         None => {
-            let (h, fresh) = cache_header(key, whole);
-            if !fresh {
-                // Another request cached the fragment's header meanwhile: add ours.
-                h.borrow_mut()[range].copy_from_slice(&ents);
+            let vecs = if parity {
+                vec![0; 2 * lay.stripes() as usize * d]
+            } else {
+                Vec::new()
+            };
+            // Another request may have cached the fragment's header meanwhile: ours
+            // goes into it.
+            cache_header(key, Frag { ents: whole, vecs }).0
+        }
+    };
+    let mut f = h.borrow_mut();
+    f.ents[range].copy_from_slice(&ents);
+    if parity {
+        for i in (0..n).filter(|&i| mixed[i]) {
+            let at = (slots[i] * lay.stripes() as usize + s0 as usize + i) * d;
+            if let Some(dst) = f.vecs.get_mut(at..at + d) {
+                dst.copy_from_slice(&w.vectors[i * d..(i + 1) * d]);
             }
         }
     }
@@ -362,10 +537,16 @@ async fn frag_write(
 async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -> Result<Vec<u8>> {
     let n = wants.len();
     lay.check_stripes(s0, n as u64)?;
-    let ents = entries(sh, key, lay, s0, n as u64)
+    let held = entries(sh, key, lay, s0, n as u64)
         .await?
         .ok_or(StoreError::NotFound(key))?;
-    let c = lay.chunk();
+    let ents = &held.ents;
+    let (c, d) = (lay.chunk(), lay.data());
+    // The CRC slot k of stripe i must match for `chunk`.
+    let crc_of = |i: usize, k: usize, chunk: &[u8]| {
+        let mixed = ents[i].slots[k].flags & SLOT_MIXED != 0;
+        slot_crc(mixed.then(|| held.vector(d, i, k)), chunk)
+    };
     let mut got = vec![0u64; n];
     // Candidate slots per stripe, best first.
     let cands: Vec<Vec<usize>> = (0..n)
@@ -390,10 +571,11 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
         });
         if one_run {
             if let Ok(b) = sh.read(key, lay.slot_at(slot, s0), (n * c) as u64).await {
-                if (0..n).all(|i| crc32c::crc32c(&b[i * c..(i + 1) * c]) == ents[i].slots[slot].crc)
+                if (0..n)
+                    .all(|i| crc_of(i, slot, &b[i * c..(i + 1) * c]) == ents[i].slots[slot].crc)
                 {
                     let mut reply = Vec::with_capacity(8 * n + b.len());
-                    for e in &ents {
+                    for e in ents {
                         reply.extend_from_slice(&e.slots[slot].version.to_le_bytes());
                     }
                     reply.extend_from_slice(&b);
@@ -436,7 +618,7 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
                     for k in i..j {
                         let chunk = &b[(k - i) * c..(k - i + 1) * c];
                         let s = &ents[k].slots[slot];
-                        if crc32c::crc32c(chunk) == s.crc {
+                        if crc_of(k, slot, chunk) == s.crc {
                             out[k * c..(k + 1) * c].copy_from_slice(chunk);
                             got[k] = s.version;
                         } else {
@@ -466,8 +648,51 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
     Ok(reply)
 }
 
+/// A parity holder's part of a small write: stripes `s0..` of fragment `key` at the
+/// versions `w.keeps` names, XORed with `delta` (the parity of the data chunks'
+/// differences), written as `w.versions`. `NotFound` if a kept version is not held
+/// (or fails its checksum): the primary then writes whole stripes.
+async fn frag_delta(
+    sh: &Shard,
+    key: u64,
+    lay: &Layout,
+    s0: u64,
+    w: &FragWrite<'_>,
+    delta: &[u8],
+) -> Result<()> {
+    if !lay.is_parity(frag_index(key)) || w.keeps.iter().any(|&k| k == NEWEST || k == SKIP) {
+        return Err(StoreError::Invalid(
+            "fragment delta: only parity fragments at a named kept version".into(),
+        ));
+    }
+    if delta.len() != w.keeps.len() * lay.chunk() {
+        return Err(StoreError::Invalid(
+            "fragment delta: bad lengths or versions".into(),
+        ));
+    }
+    let old = frag_read(sh, key, lay, s0, w.keeps).await?;
+    let (found, chunks) =
+        split_u64s(&old, w.keeps.len()).map_err(|e| StoreError::Invalid(e.to_string()))?;
+    if found != w.keeps {
+        return Err(StoreError::NotFound(key));
+    }
+    let new: Vec<u8> = chunks.iter().zip(delta).map(|(a, b)| a ^ b).collect();
+    frag_write(
+        sh,
+        key,
+        lay,
+        s0,
+        &FragWrite {
+            data: Some(&new),
+            ..*w
+        },
+    )
+    .await
+}
+
 /// Header entries of stripes `s0..` of every fragment of `oid` this node holds:
-/// `count u32, then per fragment: index u32 and its entries`.
+/// `count u32, then per fragment: index u32, its entries and (parity fragments) the
+/// two vectors of each entry`.
 async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Result<Vec<u8>> {
     lay.check_stripes(s0, n)?;
     let mut out = vec![0u8; 4];
@@ -475,7 +700,8 @@ async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Resu
     for j in 0..lay.width() {
         if let Some(e) = entries(sh, fragment_oid(oid, j as u8), lay, s0, n).await? {
             out.extend_from_slice(&(j as u32).to_le_bytes());
-            out.extend_from_slice(bytemuck::cast_slice(&e));
+            out.extend_from_slice(bytemuck::cast_slice(&e.ents));
+            out.extend_from_slice(bytemuck::cast_slice(&e.vecs));
             count += 1;
         }
     }
@@ -483,23 +709,44 @@ async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Resu
     Ok(out)
 }
 
-fn decode_probe(p: &[u8], lay: &Layout, n: u64) -> Result<Vec<(u8, Vec<StripeEntry>)>> {
+fn decode_probe(p: &[u8], lay: &Layout, n: u64) -> Result<Vec<(u8, Entries)>> {
     let bad = || StoreError::Invalid("malformed fragment probe answer".into());
     let count = u32::from_le_bytes(p.get(..4).ok_or_else(bad)?.try_into().map_err(|_| bad())?);
-    let each = 4 + (n * ENTRY) as usize;
-    if count as usize > lay.width() || p.len() != 4 + count as usize * each {
+    if count as usize > lay.width() {
         return Err(bad());
     }
-    p[4..]
-        .chunks_exact(each)
-        .map(|f| {
-            let j = u32::from_le_bytes(f[..4].try_into().map_err(|_| bad())?);
-            if j as usize >= lay.width() {
-                return Err(bad());
-            }
-            Ok((j as u8, entries_of(&f[4..])))
-        })
-        .collect()
+    let (ents_len, vecs_len) = ((n * ENTRY) as usize, n as usize * 2 * lay.data() * 8);
+    let mut out = Vec::new();
+    let mut at = 4;
+    for _ in 0..count {
+        let j = u32::from_le_bytes(
+            p.get(at..at + 4)
+                .ok_or_else(bad)?
+                .try_into()
+                .map_err(|_| bad())?,
+        );
+        if j as usize >= lay.width() {
+            return Err(bad());
+        }
+        let vl = if lay.is_parity(j as usize) {
+            vecs_len
+        } else {
+            0
+        };
+        let f = p.get(at + 4..at + 4 + ents_len + vl).ok_or_else(bad)?;
+        out.push((
+            j as u8,
+            Entries {
+                ents: entries_of(&f[..ents_len]),
+                vecs: u64s_of(&f[ents_len..]),
+            },
+        ));
+        at += 4 + ents_len + vl;
+    }
+    if at != p.len() {
+        return Err(bad());
+    }
+    Ok(out)
 }
 
 /// Runs an erasure-coding request on this node (from a peer frame or a local gateway).
@@ -537,14 +784,31 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
     };
     let bad = |e: collie_net::peer::PeerError| StoreError::Invalid(e.to_string());
     match c.op {
-        Op::FragWrite => {
+        Op::FragWrite | Op::FragDelta => {
             let (key, n) = (fragment(c.oid)?, stripes()?);
             let _applying = crate::recovery::applying(c.meta.epoch)?;
             let (versions, rest) = split_u64s(c.payload, n).map_err(bad)?;
-            let (keeps, data) = split_u64s(rest, n).map_err(bad)?;
-            let data = (c.flags & FLAG_ZEROS == 0).then_some(data);
+            let (keeps, rest) = split_u64s(rest, n).map_err(bad)?;
+            let (vectors, data) = split_u64s(rest, n * lay.data()).map_err(bad)?;
             let create = c.flags & FLAG_CREATE != 0;
-            frag_write(sh, key, &lay, c.offset, &versions, &keeps, data, create).await?;
+            let w = FragWrite {
+                versions: &versions,
+                keeps: &keeps,
+                vectors: &vectors,
+                data: (c.flags & FLAG_ZEROS == 0).then_some(data),
+                create,
+            };
+            if c.op == Op::FragDelta {
+                if create || c.flags & FLAG_ZEROS != 0 {
+                    return Err(StoreError::Invalid(
+                        "fragment delta: neither a creation nor zeros".into(),
+                    )
+                    .into());
+                }
+                frag_delta(sh, key, &lay, c.offset, &w, data).await?;
+                return Ok(Vec::new());
+            }
+            frag_write(sh, key, &lay, c.offset, &w).await?;
             if create {
                 crate::recovery::fragment_created(key);
             }
@@ -649,14 +913,81 @@ struct Holder {
     frag: u8,
     /// Entries of the stripes in question; `None`: assumed to hold the basis versions
     /// (a target whose versions the primary knows).
-    ents: Option<Vec<StripeEntry>>,
+    ents: Option<Entries>,
+}
+
+impl Holder {
+    /// Whether this holder has a slot at `version` for stripe `i`.
+    fn holds(&self, i: usize, version: u64) -> bool {
+        version != 0 && self.ents.as_ref().is_none_or(|e| e.ents[i].has(version))
+    }
+}
+
+/// The state of a run of stripes a read decodes or a write builds on: for stripe `i`,
+/// the parity fragments at version `w[i]` encode data fragment `j` at `v[i * D + j]`
+/// (every data version is `w[i]` after a whole-stripe write). `w[i] == 0`: no parity
+/// state is known to decode; the data fragments are read as they are.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Basis {
+    d: usize,
+    w: Vec<u64>,
+    v: Vec<u64>,
+}
+
+impl Basis {
+    /// Every fragment of every stripe at that stripe's version.
+    fn uniform(d: usize, w: Vec<u64>) -> Basis {
+        let v = w.iter().flat_map(|&x| std::iter::repeat_n(x, d)).collect();
+        Basis { d, w, v }
+    }
+    fn empty(d: usize) -> Basis {
+        Basis {
+            d,
+            w: Vec::new(),
+            v: Vec::new(),
+        }
+    }
+    fn push(&mut self, w: u64, v: &[u64]) {
+        self.w.push(w);
+        self.v.extend_from_slice(v);
+    }
+    fn len(&self) -> usize {
+        self.w.len()
+    }
+    /// The version fragment `frag` holds for stripe `i` in this state.
+    fn want(&self, i: usize, frag: usize) -> u64 {
+        if frag < self.d {
+            self.v[i * self.d + frag]
+        } else {
+            self.w[i]
+        }
+    }
+    fn vector(&self, i: usize) -> &[u64] {
+        &self.v[i * self.d..(i + 1) * self.d]
+    }
+    fn slice(&self, a: usize, b: usize) -> Basis {
+        Basis {
+            d: self.d,
+            w: self.w[a..b].to_vec(),
+            v: self.v[a * self.d..b * self.d].to_vec(),
+        }
+    }
+    /// Stripes `at..` become `other`'s.
+    fn set(&mut self, at: usize, other: &Basis) {
+        self.w[at..at + other.len()].copy_from_slice(&other.w);
+        self.v[at * self.d..(at + other.len()) * self.d].copy_from_slice(&other.v);
+    }
+    /// Per fragment `frag`, its version of each stripe.
+    fn of_fragment(&self, frag: usize) -> Vec<u64> {
+        (0..self.len()).map(|i| self.want(i, frag)).collect()
+    }
 }
 
 thread_local! {
-    /// Stripe versions of objects this shard is the primary of, as of an epoch: every
-    /// target holds exactly these (0: not known). Only the primary writes, so they stay
-    /// true until the epoch changes or a write fails.
-    static KNOWN: RefCell<HashMap<u64, (u32, Vec<u64>)>> = RefCell::new(HashMap::new());
+    /// Stripe states of objects this shard is the primary of, as of an epoch: every
+    /// target holds exactly these, each as its newest (`w` 0: not known). Only the
+    /// primary writes, so they stay true until the epoch changes or a write fails.
+    static KNOWN: RefCell<HashMap<u64, (u32, Basis)>> = RefCell::new(HashMap::new());
     static COUNTER: Cell<u32> = const { Cell::new(0) };
     static CODECS: RefCell<HashMap<u32, Codec>> = RefCell::new(HashMap::new());
     /// Headers of fragments this shard owns. Every fragment request runs on the
@@ -665,29 +996,33 @@ thread_local! {
     static HEADERS: RefCell<HashMap<u64, Header>> = RefCell::new(HashMap::new());
 }
 
-fn known(oid: u64, epoch: u32, s0: u64, n: u64) -> Option<Vec<u64>> {
+fn known(oid: u64, epoch: u32, s0: u64, n: u64) -> Option<Basis> {
     KNOWN.with(|k| {
         let k = k.borrow();
-        let (e, v) = k.get(&oid)?;
-        let r = &v[s0 as usize..(s0 + n) as usize];
-        (*e == epoch && !r.contains(&0)).then(|| r.to_vec())
+        let (e, b) = k.get(&oid)?;
+        let (a, z) = (s0 as usize, (s0 + n) as usize);
+        (*e == epoch && !b.w[a..z].contains(&0)).then(|| b.slice(a, z))
     })
 }
 
-fn remember(oid: u64, epoch: u32, lay: &Layout, s0: u64, versions: &[u64]) {
+fn remember(oid: u64, epoch: u32, lay: &Layout, s0: u64, b: &Basis) {
     KNOWN.with(|k| {
         let mut k = k.borrow_mut();
         if k.len() >= CACHED_OBJECTS && !k.contains_key(&oid) {
             // Forgetting costs a probe of the targets on the next write; no more.
             k.clear();
         }
-        let e = k
-            .entry(oid)
-            .or_insert_with(|| (epoch, vec![0; lay.stripes() as usize]));
+        let unknown = || {
+            (
+                epoch,
+                Basis::uniform(lay.data(), vec![0; lay.stripes() as usize]),
+            )
+        };
+        let e = k.entry(oid).or_insert_with(unknown);
         if e.0 != epoch {
-            *e = (epoch, vec![0; lay.stripes() as usize]);
+            *e = unknown();
         }
-        e.1[s0 as usize..s0 as usize + versions.len()].copy_from_slice(versions);
+        e.1.set(s0 as usize, b);
     })
 }
 
@@ -720,21 +1055,118 @@ fn codec_error(e: collie_placement::erasure::CodecError) -> StoreError {
     StoreError::io("erasure code", std::io::Error::other(e.to_string()))
 }
 
-/// The newest version at least `d` distinct fragments record for stripe `i`.
-fn decodable(holders: &[Holder], i: usize, d: usize) -> Option<u64> {
-    let mut by_version: HashMap<u64, u32> = HashMap::new();
+/// The states stripe `i` can be decoded in from `holders`, best first. A state
+/// `(w, V)`: parity at `w` encodes data fragment `j` at `V[j]`; it decodes when the data
+/// fragments holding their `V[j]` and the parity fragments holding `w` number `d` or
+/// more. Candidates, ranked by the newest write in them:
+/// - each parity slot's `(w, V)`;
+/// - `(u, [u; d])` for each version `u` of a whole-stripe write a data fragment holds
+///   (such a write counts even if no parity of it landed or has a place);
+/// - the data fragments as they are (`w` 0), if each one holds a version whose write
+///   reached every chunk it changed: needed once parity is lost, since a small write
+///   changes one data fragment and parity only. Ranked after a parity-backed state of
+///   the same newest write.
+fn candidates(holders: &[Holder], i: usize, d: usize) -> Vec<(u64, Vec<u64>)> {
+    let all = (1u32 << d) - 1;
+    // (rank, parity-backed, w, V)
+    let mut out: Vec<(u64, bool, u64, Vec<u64>)> = Vec::new();
+    let count = |w: u64, v: &[u64]| {
+        let mut frags = 0u32;
+        for o in holders {
+            let j = usize::from(o.frag);
+            let want = if j < d { v[j] } else { w };
+            if o.ents.as_ref().is_some_and(|x| x.ents[i].has(want)) {
+                frags |= 1 << j;
+            }
+        }
+        frags.count_ones() as usize
+    };
     for h in holders {
-        if let Some(e) = h.ents.as_ref().map(|e| e[i]) {
-            for v in e.slots.iter().map(|s| s.version).filter(|&v| v != 0) {
-                *by_version.entry(v).or_default() |= 1 << h.frag;
+        let Some(e) = &h.ents else { continue };
+        let j = usize::from(h.frag);
+        for k in 0..2 {
+            let slot = &e.ents[i].slots[k];
+            let w = slot.version;
+            if w == 0 || out.iter().any(|c| c.2 == w) {
+                continue;
+            }
+            let v = if j >= d {
+                e.vector(d, i, k).to_vec()
+            } else if touched(slot, d) == all {
+                vec![w; d]
+            } else {
+                continue;
+            };
+            if v.len() == d && count(w, &v) >= d {
+                out.push((w, true, w, v));
             }
         }
     }
-    by_version
-        .into_iter()
-        .filter(|(_, frags)| frags.count_ones() as usize >= d)
-        .map(|(v, _)| v)
-        .max()
+    // Per data fragment, the versions any holder has, newest first, with what their
+    // writes changed.
+    let mut held: Vec<Vec<(u64, u32)>> = vec![Vec::new(); d];
+    for h in holders.iter().filter(|h| usize::from(h.frag) < d) {
+        if let Some(e) = &h.ents {
+            for s in e.ents[i].slots.iter().filter(|s| s.version != 0) {
+                held[usize::from(h.frag)].push((s.version, touched(s, d)));
+            }
+        }
+    }
+    let has = |k: usize, u: u64| held[k].iter().any(|&(v, _)| v == u);
+    let mut v = Vec::with_capacity(d);
+    for (j, versions) in held.iter().enumerate() {
+        let mut versions = versions.clone();
+        versions.sort_by_key(|&(u, _)| std::cmp::Reverse(u));
+        let complete = versions
+            .iter()
+            .find(|&&(u, m)| (0..d).filter(|&k| m >> k & 1 == 1).all(|k| has(k, u)));
+        match complete {
+            Some(&(u, _)) => v.push(u),
+            None => break,
+        }
+        debug_assert_eq!(v.len(), j + 1);
+    }
+    if v.len() == d {
+        let rank = v.iter().copied().max().unwrap_or(0);
+        out.push((rank, false, 0, v));
+    }
+    out.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
+    out.into_iter().map(|(_, _, w, v)| (w, v)).collect()
+}
+
+/// The best state stripe `i` decodes in ([`candidates`]).
+fn decodable(holders: &[Holder], i: usize, d: usize) -> Option<(u64, Vec<u64>)> {
+    candidates(holders, i, d).into_iter().next()
+}
+
+/// Holders as seen for stripe `i` of the run they were probed for alone.
+fn stripe_holders(holders: &[Holder], i: usize, d: usize) -> Vec<Holder> {
+    holders
+        .iter()
+        .map(|h| Holder {
+            t: h.t,
+            frag: h.frag,
+            ents: h.ents.as_ref().map(|e| Entries {
+                ents: vec![e.ents[i]],
+                vecs: e
+                    .vecs
+                    .get(i * 2 * d..(i + 1) * 2 * d)
+                    .unwrap_or(&[])
+                    .to_vec(),
+            }),
+        })
+        .collect()
+}
+
+/// Every stripe's newest decodable state ([`decodable`]).
+fn decodable_all(holders: &[Holder], oid: u64, lay: &Layout, s0: u64, n: u64) -> Rpc<Basis> {
+    let mut b = Basis::empty(lay.data());
+    for i in 0..n as usize {
+        let (w, v) =
+            decodable(holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))?;
+        b.push(w, &v);
+    }
+    Ok(b)
 }
 
 impl Gateway {
@@ -896,14 +1328,7 @@ impl Gateway {
             if holders.is_empty() {
                 return Err(StoreError::NotFound(oid).into());
             }
-            let basis = (0..n as usize)
-                .map(|i| {
-                    decodable(&holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))
-                })
-                .collect::<Rpc<Vec<u64>>>()?;
-            let bytes = self
-                .read_stripes(epoch, oid, lay, &holders, s0, &basis)
-                .await?;
+            let (_, bytes) = self.read_careful(epoch, oid, lay, &holders, s0, n).await?;
             let at = (offset - s0 * lay.stripe_size()) as usize;
             Ok(bytes[at..at + len as usize].to_vec())
         })
@@ -1014,7 +1439,65 @@ impl Gateway {
         Ok(out)
     }
 
-    /// The object bytes of stripes `s0..s0+basis.len()`, each at its basis version,
+    /// Stripes `s0..s0+n` in their best decodable states ([`candidates`]) and the
+    /// states they were read in. A state whose fragments do not all read back (a chunk
+    /// torn by a crash or rotten) gives way to the next candidate, stripe by stripe.
+    async fn read_careful(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        holders: &[Holder],
+        s0: u64,
+        n: u64,
+    ) -> Rpc<(Basis, Vec<u8>)> {
+        let d = lay.data();
+        let cands: Vec<Vec<(u64, Vec<u64>)>> =
+            (0..n as usize).map(|i| candidates(holders, i, d)).collect();
+        let mut first = Basis::empty(d);
+        for (i, c) in cands.iter().enumerate() {
+            let (w, v) = c.first().ok_or_else(|| unsettled(oid, s0 + i as u64))?;
+            first.push(*w, v);
+        }
+        match self
+            .read_stripes(epoch, oid, lay, holders, s0, &first)
+            .await
+        {
+            Ok(b) => return Ok((first, b)),
+            Err(RpcError::Retry(_)) if n > 1 || cands[0].len() > 1 => {}
+            Err(e) => return Err(e),
+        }
+        let mut basis = Basis::empty(d);
+        let mut out = Vec::with_capacity((n * lay.stripe_size()) as usize);
+        for (i, c) in cands.iter().enumerate() {
+            let sub = stripe_holders(holders, i, d);
+            let mut read = None;
+            for (w, v) in c {
+                let b = Basis {
+                    d,
+                    w: vec![*w],
+                    v: v.clone(),
+                };
+                match self
+                    .read_stripes(epoch, oid, lay, &sub, s0 + i as u64, &b)
+                    .await
+                {
+                    Ok(bytes) => {
+                        read = Some((b, bytes));
+                        break;
+                    }
+                    Err(RpcError::Retry(_)) => continue,
+                    Err(e) => return Err(e),
+                }
+            }
+            let (b, bytes) = read.ok_or_else(|| unsettled(oid, s0 + i as u64))?;
+            basis.push(b.w[0], &b.v);
+            out.extend_from_slice(&bytes);
+        }
+        Ok((basis, out))
+    }
+
+    /// The object bytes of stripes `s0..s0+basis.len()`, each in its basis state,
     /// read from the holders (data fragments first) and decoded where needed. Each
     /// round asks for what is still missing from holders not yet tried.
     async fn read_stripes(
@@ -1024,7 +1507,7 @@ impl Gateway {
         lay: &Layout,
         holders: &[Holder],
         s0: u64,
-        basis: &[u64],
+        basis: &Basis,
     ) -> Rpc<Vec<u8>> {
         let (n, d, c) = (basis.len(), lay.data(), lay.chunk());
         let fl = n * c;
@@ -1050,9 +1533,9 @@ impl Gateway {
                 let mut w = vec![SKIP; n];
                 let mut any = false;
                 for i in 0..n {
-                    let holds = hd.ents.as_ref().is_none_or(|e| e[i].has(basis[i]));
-                    if holds && !have[j].1[i] && count(&have, i) + planned[i] < d {
-                        w[i] = basis[i];
+                    let want = basis.want(i, j);
+                    if hd.holds(i, want) && !have[j].1[i] && count(&have, i) + planned[i] < d {
+                        w[i] = want;
                         planned[i] += 1;
                         any = true;
                     }
@@ -1090,7 +1573,7 @@ impl Gateway {
                 }
                 let j = holders[*h].frag as usize;
                 for i in 0..n {
-                    if w[i] != SKIP && versions[i] == basis[i] && !have[j].1[i] {
+                    if w[i] != SKIP && versions[i] == w[i] && !have[j].1[i] {
                         have[j].0[i * c..(i + 1) * c].copy_from_slice(&data[i * c..(i + 1) * c]);
                         have[j].1[i] = true;
                     }
@@ -1141,8 +1624,9 @@ impl Gateway {
         Ok(lay.geo.join(&refs).map_err(codec_error)?)
     }
 
-    /// The versions every target holds for stripes `s0..s0+n`, if they all agree and
-    /// each target holds its fragment; `None` otherwise.
+    /// The state of stripes `s0..s0+n` if every target holds its fragment and their
+    /// newest slots agree on one (each parity fragment at the same `(w, V)`, each data
+    /// fragment `j` at `V[j]`); `None` otherwise.
     async fn probe_targets(
         &self,
         epoch: u32,
@@ -1151,32 +1635,51 @@ impl Gateway {
         ts: &[Target],
         s0: u64,
         n: u64,
-    ) -> Rpc<Option<Vec<u64>>> {
+    ) -> Rpc<Option<Basis>> {
         if ts.len() < lay.width() {
             return Ok(None);
         }
         let c = self.ec_call(Op::FragProbe, oid, lay, s0, n);
         let answers = join_all(ts.iter().map(|&t| self.ec_data(epoch, t, &c))).await;
-        let mut agreed: Option<Vec<u64>> = None;
+        let mut frags: Vec<Entries> = Vec::new();
         for (j, a) in answers.into_iter().enumerate() {
             let p = match a {
                 Ok(p) => p,
                 Err(RpcError::Store(_)) => return Ok(None),
                 Err(e) => return Err(e),
             };
-            let Some((_, ents)) = decode_probe(&p, lay, n)?
+            let Some((_, e)) = decode_probe(&p, lay, n)?
                 .into_iter()
                 .find(|(f, _)| *f as usize == j)
             else {
                 return Ok(None);
             };
-            let newest: Vec<u64> = ents.iter().map(StripeEntry::newest).collect();
-            if newest.contains(&0) || agreed.as_ref().is_some_and(|a| *a != newest) {
+            frags.push(e);
+        }
+        let d = lay.data();
+        let mut b = Basis::empty(d);
+        for i in 0..n as usize {
+            let newest = |e: &Entries| {
+                let k = usize::from(e.ents[i].slots[1].version > e.ents[i].slots[0].version);
+                (e.ents[i].slots[k].version, k)
+            };
+            let (w, k) = newest(&frags[d]);
+            let v = frags[d].vector(d, i, k).to_vec();
+            let agree = w != 0
+                && frags[d..].iter().all(|e| {
+                    let (w2, k2) = newest(e);
+                    w2 == w && e.vector(d, i, k2) == v.as_slice()
+                })
+                && frags[..d]
+                    .iter()
+                    .enumerate()
+                    .all(|(j, e)| newest(e).0 == v[j]);
+            if !agree {
                 return Ok(None);
             }
-            agreed = Some(newest);
+            b.push(w, &v);
         }
-        Ok(agreed)
+        Ok(Some(b))
     }
 
     /// The primary's write: lock the stripes, learn their versions, read what a partial
@@ -1271,10 +1774,40 @@ impl Gateway {
             create = basis.is_none();
         }
         let _guard = guard;
-        let (basis, holders) = match basis {
+        let (mut basis, mut holders) = match basis {
             Some(b) => b,
-            None => (vec![INITIAL; n as usize], Vec::new()),
+            None => (
+                Basis::uniform(lay.data(), vec![INITIAL; n as usize]),
+                Vec::new(),
+            ),
         };
+        if let Content::Data(d) = content {
+            let known = holders.is_empty() && ts.len() == lay.width();
+            if known && !create && n == 1 && delta_pays(lay, offset, len) {
+                match self
+                    .delta_write(epoch, oid, lay, &ts, s0, &basis, offset, d)
+                    .await
+                {
+                    Ok(b) => {
+                        remember(oid, epoch, lay, s0, &b);
+                        return Ok(());
+                    }
+                    Err(RpcError::Store(e)) => {
+                        // A target lacks the state the primary knew (or it fails its
+                        // checksum): write the whole stripe from a careful read.
+                        tracing::debug!(
+                            oid = format!("{oid:#018x}"),
+                            stripe = s0,
+                            "small write falls back to a whole stripe: {e}"
+                        );
+                        forget(oid);
+                        holders = self.gather(epoch, oid, lay, s0, n).await?;
+                        basis = decodable_all(&holders, oid, lay, s0, n)?;
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
         let full = offset == s0 * ss && offset + len == s1 * ss;
         let stripes: Option<Cow<'_, [u8]>> = match content {
             Content::Zeros(_) => None,
@@ -1298,20 +1831,25 @@ impl Gateway {
                         .into_iter()
                         .filter(|&s| s * ss < offset || (s + 1) * ss > offset + len)
                         .collect();
+                    let assumed = holders.iter().all(|h| h.ents.is_none());
                     for s in dedup(ends) {
                         let i = (s - s0) as usize;
-                        let direct = if holders.iter().all(|h| h.ents.is_none()) {
-                            self.old_chunks(epoch, oid, lay, &ts, s, basis[i], offset, len)
+                        let one = basis.slice(i, i + 1);
+                        let sub = stripe_holders(&holders, i, lay.data());
+                        let old = if assumed {
+                            match self
+                                .old_chunks(epoch, oid, lay, &ts, s, &one, offset, len)
                                 .await?
-                        } else {
-                            None
-                        };
-                        let old = match direct {
-                            Some(d) => d,
-                            None => {
-                                self.read_stripes_sub(epoch, oid, lay, &holders, s0, &basis, i)
-                                    .await?
+                            {
+                                Some(d) => d,
+                                None => self.read_stripes(epoch, oid, lay, &sub, s, &one).await?,
                             }
+                        } else {
+                            // The state actually read is the one the write keeps.
+                            let (state, old) =
+                                self.read_careful(epoch, oid, lay, &sub, s, 1).await?;
+                            basis.set(i, &state);
+                            old
                         };
                         buf[i * ss as usize..(i + 1) * ss as usize].copy_from_slice(&old);
                     }
@@ -1327,19 +1865,105 @@ impl Gateway {
         let zeros = stripes.is_none();
         self.write_fragments(epoch, oid, lay, &ts, s0, n, &payloads, zeros, create)
             .await?;
+        let done = Basis::uniform(lay.data(), versions);
         if create {
-            let mut all = vec![INITIAL; lay.stripes() as usize];
-            all[s0 as usize..s1 as usize].fill(nv);
+            let mut all = Basis::uniform(lay.data(), vec![INITIAL; lay.stripes() as usize]);
+            all.set(s0 as usize, &done);
             remember(oid, epoch, lay, 0, &all);
         } else {
-            remember(oid, epoch, lay, s0, &versions);
+            remember(oid, epoch, lay, s0, &done);
         }
         Ok(())
     }
 
-    /// The bytes of stripe `s` at `version` that a write of `[offset, offset+len)` keeps:
-    /// the chunks it does not wholly cover, each from its data target (no decode; the
-    /// covered chunks are left zero). `None` if a target does not answer with them.
+    /// A small write inside stripe `s0`, whose state `basis` every target holds as its
+    /// newest: reads the touched data chunks at their versions, writes them back changed
+    /// at a new version `w`, and has each parity holder XOR in the parity of the
+    /// difference (reed-solomon is linear) and keep the result at `w` with the new
+    /// vector (FragDelta). The other data fragments are left alone. Answers the
+    /// stripe's new state.
+    #[allow(clippy::too_many_arguments)]
+    async fn delta_write(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s0: u64,
+        basis: &Basis,
+        offset: u64,
+        bytes: &[u8],
+    ) -> Rpc<Basis> {
+        let (c, d) = (lay.chunk(), lay.data());
+        let pieces: Vec<_> = lay.geo.pieces(offset, bytes.len() as u64).collect();
+        let touched = dedup(pieces.iter().map(|p| u64::from(p.fragment)).collect());
+        let touched: Vec<usize> = touched.into_iter().map(|j| j as usize).collect();
+        let answers = join_all(touched.iter().map(|&j| {
+            let wants = collie_net::peer::encode_oids(&[basis.want(0, j)]);
+            async move {
+                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s0, 1);
+                call.payload = &wants;
+                self.ec_data(epoch, ts[j], &call).await
+            }
+        }))
+        .await;
+        // Old and new bytes of the data chunks (untouched ones stay zero in both, so
+        // their difference is zero).
+        let mut old = vec![0u8; d * c];
+        for (&j, a) in touched.iter().zip(answers) {
+            let p = a?;
+            match split_u64s(&p, 1) {
+                Ok((v, x)) if v[0] == basis.want(0, j) && x.len() == c => {
+                    old[j * c..(j + 1) * c].copy_from_slice(x);
+                }
+                _ => return Err(StoreError::NotFound(fragment_oid(oid, j as u8)).into()),
+            }
+        }
+        let mut new = old.clone();
+        for p in &pieces {
+            let at = p.fragment as usize * c + (p.offset - s0 * c as u64) as usize;
+            new[at..at + p.len as usize]
+                .copy_from_slice(&bytes[p.at as usize..(p.at + p.len) as usize]);
+        }
+        let diff: Vec<u8> = old.iter().zip(&new).map(|(a, b)| a ^ b).collect();
+        let refs: Vec<&[u8]> = diff.chunks(c).collect();
+        let deltas = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
+        let w = next_version(epoch);
+        let mut v = basis.vector(0).to_vec();
+        for &j in &touched {
+            v[j] = w;
+        }
+        let mut sends: Vec<(usize, Op, Vec<u8>)> = Vec::new();
+        for &j in &touched {
+            let mut p = collie_net::peer::encode_oids(&[w, basis.want(0, j)]);
+            p.extend_from_slice(&collie_net::peer::encode_oids(&v));
+            p.extend_from_slice(&new[j * c..(j + 1) * c]);
+            sends.push((j, Op::FragWrite, p));
+        }
+        for (i, delta) in deltas.iter().enumerate() {
+            let mut p = collie_net::peer::encode_oids(&[w, basis.w[0]]);
+            p.extend_from_slice(&collie_net::peer::encode_oids(&v));
+            p.extend_from_slice(delta);
+            sends.push((d + i, Op::FragDelta, p));
+        }
+        let done = join_all(sends.iter().map(|(j, op, p)| {
+            let mut call = self.ec_call(*op, fragment_oid(oid, *j as u8), lay, s0, 1);
+            call.payload = p;
+            async move { self.ec_data(epoch, ts[*j], &call).await }
+        }))
+        .await;
+        for r in done {
+            r?;
+        }
+        let mut b = Basis::empty(d);
+        b.push(w, &v);
+        Ok(b)
+    }
+
+    /// The bytes of stripe `s` in state `basis` (that one stripe) that a write of
+    /// `[offset, offset+len)` keeps: the chunks it does not wholly cover, each from its
+    /// data target (no decode; the covered chunks are left zero). `None` if a target
+    /// does not answer with them.
     #[allow(clippy::too_many_arguments)]
     async fn old_chunks(
         &self,
@@ -1348,7 +1972,7 @@ impl Gateway {
         lay: &Layout,
         ts: &[Target],
         s: u64,
-        version: u64,
+        basis: &Basis,
         offset: u64,
         len: u64,
     ) -> Rpc<Option<Vec<u8>>> {
@@ -1362,11 +1986,13 @@ impl Gateway {
         if needed.iter().any(|&j| j >= ts.len()) {
             return Ok(None);
         }
-        let wants = collie_net::peer::encode_oids(&[version]);
         let answers = join_all(needed.iter().map(|&j| {
-            let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
-            call.payload = &wants;
-            async move { self.ec_data(epoch, ts[j], &call).await }
+            let wants = collie_net::peer::encode_oids(&[basis.want(0, j)]);
+            async move {
+                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
+                call.payload = &wants;
+                self.ec_data(epoch, ts[j], &call).await
+            }
         }))
         .await;
         let mut out = vec![0u8; ss as usize];
@@ -1377,37 +2003,13 @@ impl Gateway {
                 Err(e) => return Err(e),
             };
             match split_u64s(&p, 1) {
-                Ok((v, d)) if v[0] == version && d.len() == c as usize => {
+                Ok((v, d)) if v[0] == basis.want(0, j) && d.len() == c as usize => {
                     out[j * c as usize..(j + 1) * c as usize].copy_from_slice(d);
                 }
                 _ => return Ok(None),
             }
         }
         Ok(Some(out))
-    }
-
-    /// Stripe `i` (of a run starting at `s0`) at its basis version.
-    #[allow(clippy::too_many_arguments)]
-    async fn read_stripes_sub(
-        &self,
-        epoch: u32,
-        oid: u64,
-        lay: &Layout,
-        holders: &[Holder],
-        s0: u64,
-        basis: &[u64],
-        i: usize,
-    ) -> Rpc<Vec<u8>> {
-        let sub: Vec<Holder> = holders
-            .iter()
-            .map(|h| Holder {
-                t: h.t,
-                frag: h.frag,
-                ents: h.ents.as_ref().map(|e| vec![e[i]]),
-            })
-            .collect();
-        self.read_stripes(epoch, oid, lay, &sub, s0 + i as u64, &basis[i..=i])
-            .await
     }
 
     /// Writes stripes `s0..` of every fragment to its target, in parallel.
@@ -1442,8 +2044,8 @@ impl Gateway {
         Ok(())
     }
 
-    /// The versions a write of stripes `s0..s0+n` builds on, and the holders that
-    /// recorded them (empty if every target agreed); `None` if the object is new.
+    /// The state a write of stripes `s0..s0+n` builds on, and the holders that
+    /// recorded it (empty if every target agreed); `None` if the object is new.
     async fn basis(
         &self,
         epoch: u32,
@@ -1452,7 +2054,7 @@ impl Gateway {
         ts: &[Target],
         s0: u64,
         n: u64,
-    ) -> Rpc<Option<(Vec<u64>, Vec<Holder>)>> {
+    ) -> Rpc<Option<(Basis, Vec<Holder>)>> {
         if let Some(b) = known(oid, epoch, s0, n) {
             return Ok(Some((b, Vec::new())));
         }
@@ -1464,17 +2066,14 @@ impl Gateway {
         if holders.is_empty() {
             return Ok(None);
         }
-        let basis = (0..n as usize)
-            .map(|i| {
-                decodable(&holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))
-            })
-            .collect::<Rpc<Vec<u64>>>()?;
+        let basis = decodable_all(&holders, oid, lay, s0, n)?;
         Ok(Some((basis, holders)))
     }
 
-    /// The primary's check of a whole object: every stripe's newest decodable version,
+    /// The primary's check of a whole object: every stripe's newest decodable state,
     /// re-encoded, compared with what each target holds; with `repair`, targets that
-    /// differ get that version written (same version: nothing newer is invented).
+    /// differ get that state written (same versions: nothing newer is invented, except
+    /// for parity of a stripe no parity state decoded: a new parity version).
     pub(crate) async fn primary_check(
         &self,
         oid: u64,
@@ -1504,10 +2103,9 @@ impl Gateway {
         r.objects = 1;
         r.stripes = n;
         r.unplaced = (lay.width() - ts.len()) as u64 * n;
-        let basis: Vec<Option<u64>> = (0..n as usize)
-            .map(|i| decodable(&holders, i, lay.data()))
-            .collect();
-        r.lost = basis.iter().filter(|b| b.is_none()).count() as u64;
+        r.lost = (0..n as usize)
+            .filter(|&i| decodable(&holders, i, lay.data()).is_none())
+            .count() as u64;
         if r.lost > 0 {
             tracing::error!(
                 oid = format!("{oid:#018x}"),
@@ -1516,21 +2114,44 @@ impl Gateway {
             );
             return Ok(r);
         }
-        let basis: Vec<u64> = basis.into_iter().flatten().collect();
-        let bytes = self
-            .read_stripes(epoch, oid, lay, &holders, 0, &basis)
-            .await?;
+        let (mut basis, bytes) = self.read_careful(epoch, oid, lay, &holders, 0, n).await?;
+        // What repair writes keeps the decoded state on every holder.
+        let keep = basis.clone();
+        // Stripes decoded from data alone get parity at a new version. A stripe where a
+        // data target's newest chunk is newer than the decoded state (a write cut short
+        // left it there) is rewritten whole at a new version: else fast reads, which
+        // take each chunk's newest, would go on returning it.
+        let d = lay.data();
+        let mut renewed = vec![false; n as usize];
+        for (i, renew) in renewed.iter_mut().enumerate() {
+            *renew = holders.iter().any(|h| {
+                let j = usize::from(h.frag);
+                j < d
+                    && ts.get(j) == Some(&h.t)
+                    && h.ents
+                        .as_ref()
+                        .is_some_and(|e| e.ents[i].newest() > keep.want(i, j))
+            });
+            if *renew {
+                let w = next_version(epoch);
+                basis.set(i, &Basis::uniform(d, vec![w]));
+            } else if basis.w[i] == 0 {
+                basis.w[i] = next_version(epoch);
+            }
+        }
         let mut expect = lay.geo.split(&bytes).map_err(codec_error)?;
         let refs: Vec<&[u8]> = expect.iter().map(|x| x.as_slice()).collect();
         let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
         expect.extend(parity);
         // What each target holds at the basis versions.
         let c = lay.chunk();
-        let wants = collie_net::peer::encode_oids(&basis);
         let answers = join_all(ts.iter().enumerate().map(|(j, &t)| {
-            let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, 0, n);
-            call.payload = &wants;
-            async move { self.ec_data(epoch, t, &call).await }
+            let wants = collie_net::peer::encode_oids(&basis.of_fragment(j));
+            async move {
+                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, 0, n);
+                call.payload = &wants;
+                self.ec_data(epoch, t, &call).await
+            }
         }))
         .await;
         let mut bad = vec![vec![false; n as usize]; ts.len()];
@@ -1543,12 +2164,14 @@ impl Gateway {
                 Err(e) => return Err(e),
             };
             for i in 0..n as usize {
-                bad[j][i] = match &got {
-                    Some((v, d)) => {
-                        v[i] != basis[i] || d[i * c..(i + 1) * c] != expect[j][i * c..(i + 1) * c]
-                    }
-                    None => true,
-                };
+                bad[j][i] = renewed[i]
+                    || match &got {
+                        Some((v, x)) => {
+                            v[i] != basis.want(i, j)
+                                || x[i * c..(i + 1) * c] != expect[j][i * c..(i + 1) * c]
+                        }
+                        None => true,
+                    };
             }
         }
         let bad_stripes: Vec<bool> = (0..n as usize).map(|i| bad.iter().any(|b| b[i])).collect();
@@ -1560,7 +2183,7 @@ impl Gateway {
             }
             return Ok(r);
         }
-        // Rewrite each target's bad runs at the basis versions.
+        // Rewrite each target's bad runs in the basis state, keeping the decoded one.
         for (j, &t) in ts.iter().enumerate() {
             let mut i = 0;
             while i < n as usize {
@@ -1572,8 +2195,12 @@ impl Gateway {
                 while k < n as usize && bad[j][k] {
                     k += 1;
                 }
-                let mut p = collie_net::peer::encode_oids(&basis[i..k]);
-                p.extend_from_slice(&collie_net::peer::encode_oids(&basis[i..k]));
+                let run = basis.slice(i, k);
+                let mut p = collie_net::peer::encode_oids(&run.of_fragment(j));
+                p.extend_from_slice(&collie_net::peer::encode_oids(
+                    &keep.slice(i, k).of_fragment(j),
+                ));
+                p.extend_from_slice(&collie_net::peer::encode_oids(&run.v));
                 p.extend_from_slice(&expect[j][i * c..k * c]);
                 let mut call = self.ec_call(
                     Op::FragWrite,
@@ -1604,27 +2231,53 @@ pub(crate) async fn drop_fragment(sh: &Shard, key: u64) -> Result<()> {
     sh.remove(key).await
 }
 
-/// The FragWrite payload of each of the first `targets` fragments: new versions, keep
-/// versions, then the fragment's chunks of `stripes` (object bytes of whole stripes;
-/// `None` for zeros: no chunks). Each byte is copied once into its payload.
+/// Whether a write of `[offset, offset+len)` inside one stripe costs fewer disk
+/// requests as a delta (read and write each touched data chunk, read and write each
+/// parity) than as a whole stripe (read the chunks it does not cover, write every
+/// fragment). For 4:2 and one 4 KiB chunk: 6 against 9.
+fn delta_pays(lay: &Layout, offset: u64, len: u64) -> bool {
+    let c = lay.geo.chunk();
+    let pieces: Vec<_> = lay.geo.pieces(offset, len).collect();
+    let touched = dedup(pieces.iter().map(|p| u64::from(p.fragment)).collect()).len();
+    let whole = pieces.iter().filter(|p| p.len == c).count();
+    let (d, p) = (lay.data(), lay.width() - lay.data());
+    2 * touched + 2 * p < (d - whole) + d + p
+}
+
+/// The FragWrite payload of each of the first `targets` fragments: new versions, the
+/// versions `keeps` says it holds, the new state's data versions, then the
+/// fragment's chunks of `stripes` (object bytes of whole stripes; `None` for zeros: no
+/// chunks). Each byte is copied once into its payload.
 fn fragment_payloads(
     lay: &Layout,
     versions: &[u64],
-    keeps: &[u64],
+    keeps: &Basis,
     stripes: Option<&[u8]>,
     targets: usize,
 ) -> Result<Vec<Vec<u8>>> {
-    let mut head = collie_net::peer::encode_oids(versions);
-    head.extend_from_slice(&collie_net::peer::encode_oids(keeps));
-    let Some(bytes) = stripes else {
-        return Ok(vec![head; targets]);
+    let d = lay.data();
+    let head = |j: usize| {
+        let mut h = collie_net::peer::encode_oids(versions);
+        h.extend_from_slice(&collie_net::peer::encode_oids(&keeps.of_fragment(j)));
+        // A whole-stripe write: every data fragment at the new version.
+        for v in versions {
+            h.extend(std::iter::repeat_n(v.to_le_bytes(), d).flatten());
+        }
+        h
     };
-    let mut out = lay.geo.split_after(&head, bytes).map_err(codec_error)?;
-    let refs: Vec<&[u8]> = out.iter().map(|f| &f[head.len()..]).collect();
+    let Some(bytes) = stripes else {
+        return Ok((0..targets).map(head).collect());
+    };
+    // Data heads all have one length: split after the first, then put each in place.
+    let first = head(0);
+    let mut out = lay.geo.split_after(&first, bytes).map_err(codec_error)?;
+    for (j, f) in out.iter_mut().enumerate().skip(1) {
+        f[..first.len()].copy_from_slice(&head(j));
+    }
+    let refs: Vec<&[u8]> = out.iter().map(|f| &f[first.len()..]).collect();
     let parity = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
-    for p in parity {
-        let mut f = Vec::with_capacity(head.len() + p.len());
-        f.extend_from_slice(&head);
+    for (i, p) in parity.into_iter().enumerate() {
+        let mut f = head(d + i);
         f.extend_from_slice(&p);
         out.push(f);
     }
@@ -1678,34 +2331,180 @@ mod tests {
         assert_eq!(choose(&e, 12, 5), 0);
     }
 
-    #[test]
-    fn the_newest_version_enough_fragments_hold_wins() {
-        let ent = |a: u64, b: u64| {
-            let mut e = StripeEntry::zeroed();
-            e.slots[0].version = a;
-            e.slots[1].version = b;
-            vec![e]
+    /// A holder of fragment `frag` of a 4:2 object with slots `a` and `b` (versions and,
+    /// for parity, the data versions each encodes).
+    fn holder(frag: u8, a: (u64, [u64; 4]), b: (u64, [u64; 4])) -> Holder {
+        let mut e = StripeEntry::zeroed();
+        e.slots[0].version = a.0;
+        e.slots[1].version = b.0;
+        let vecs = if frag >= 4 {
+            a.1.iter().chain(&b.1).copied().collect()
+        } else {
+            Vec::new()
         };
-        let h = |frag: u8, a: u64, b: u64| Holder {
+        Holder {
             t: Target::Local,
             frag,
-            ents: Some(ent(a, b)),
-        };
-        // 4:2, a write of 9 reached 3 fragments: 8 (kept everywhere) decodes, 9 not.
+            ents: Some(Entries {
+                ents: vec![e],
+                vecs,
+            }),
+        }
+    }
+    fn data(frag: u8, a: u64, b: u64) -> Holder {
+        holder(frag, (a, [0; 4]), (b, [0; 4]))
+    }
+    /// A data fragment whose slot `b` was written by a small write of it alone.
+    fn small(frag: u8, a: u64, b: u64) -> Holder {
+        let mut h = data(frag, a, b);
+        if let Some(e) = &mut h.ents {
+            e.ents[0].slots[1].flags = 1 << (TOUCHED_SHIFT + u32::from(frag));
+        }
+        h
+    }
+    /// A parity fragment written by whole-stripe writes only.
+    fn par(frag: u8, a: u64, b: u64) -> Holder {
+        holder(frag, (a, [a; 4]), (b, [b; 4]))
+    }
+
+    #[test]
+    fn the_newest_state_enough_fragments_hold_wins() {
+        // A whole-stripe write of 9 reached three data fragments: 8 (kept everywhere)
+        // decodes, 9 not.
         let hs = vec![
-            h(0, 8, 9),
-            h(1, 8, 9),
-            h(2, 9, 8),
-            h(3, 8, 7),
-            h(4, 8, 7),
-            h(5, 7, 8),
+            data(0, 8, 9),
+            data(1, 8, 9),
+            data(2, 9, 8),
+            data(3, 8, 7),
+            par(4, 8, 7),
+            par(5, 7, 8),
         ];
-        assert_eq!(decodable(&hs, 0, 4), Some(8));
-        // It reached 4: 9 decodes.
-        let hs = vec![h(0, 8, 9), h(1, 8, 9), h(2, 9, 8), h(3, 8, 9), h(4, 8, 7)];
-        assert_eq!(decodable(&hs, 0, 4), Some(9));
+        assert_eq!(decodable(&hs, 0, 4), Some((8, vec![8; 4])));
+        // It reached a parity fragment as well: 9 decodes.
+        let hs = vec![
+            data(0, 8, 9),
+            data(1, 8, 9),
+            data(2, 9, 8),
+            data(3, 8, 7),
+            par(4, 8, 9),
+        ];
+        assert_eq!(decodable(&hs, 0, 4), Some((9, vec![9; 4])));
+        // Two nodes died, so parity has no place: a whole-stripe write of 9 reached the
+        // four data fragments only. The parity left behind on live nodes still decodes
+        // 8 with the data fragments' kept slots, but 9 is newer and wins.
+        let hs = vec![
+            data(0, 8, 9),
+            data(1, 9, 8),
+            data(2, 9, 0),
+            data(3, 9, 0),
+            par(4, 8, 7),
+            par(5, 7, 8),
+        ];
+        assert_eq!(decodable(&hs, 0, 4), Some((9, vec![9; 4])));
         // Two holders of one fragment count once.
-        let hs = vec![h(0, 9, 0), h(0, 9, 0), h(1, 9, 0), h(2, 9, 0)];
+        let hs = vec![par(4, 9, 0), par(4, 9, 0), data(1, 9, 0), data(2, 9, 0)];
         assert_eq!(decodable(&hs, 0, 4), None);
+    }
+
+    #[test]
+    fn a_small_write_decodes_once_enough_of_it_landed_and_never_half() {
+        let new = [8, 10, 8, 8];
+        let p10 = |frag| holder(frag, (8, [8; 4]), (10, new));
+        // A delta write of 10 to data fragment 1, built on 8 everywhere: complete.
+        let done = vec![
+            data(0, 8, 7),
+            small(1, 8, 10),
+            data(2, 7, 8),
+            data(3, 8, 7),
+            p10(4),
+            p10(5),
+        ];
+        assert_eq!(decodable(&done, 0, 4), Some((10, new.to_vec())));
+        // Only the data chunk landed: no parity names 10. The data fragments as they
+        // are hold it whole (a write never acknowledged may read as new); should its
+        // chunk not read back, 8 still decodes (fragment 1 kept it).
+        let data_only = vec![
+            data(0, 8, 7),
+            small(1, 8, 10),
+            data(2, 7, 8),
+            data(3, 8, 7),
+            par(4, 8, 7),
+            par(5, 8, 7),
+        ];
+        assert_eq!(
+            candidates(&data_only, 0, 4)[..2],
+            [(0, vec![8, 10, 8, 8]), (8, vec![8; 4])]
+        );
+        // A whole-stripe write that reached one data fragment only is not taken from
+        // the data fragments as they are.
+        let torn = vec![
+            data(0, 8, 11),
+            data(1, 8, 7),
+            data(2, 7, 8),
+            data(3, 8, 7),
+            par(4, 8, 7),
+        ];
+        assert_eq!(decodable(&torn, 0, 4), Some((8, vec![8; 4])));
+        // One parity landed, the data chunk did not: 10 needs fragment 1 at 10, so
+        // with fragment 0 gone it has 3 of 4 and 8 decodes.
+        let parity_only = vec![
+            data(1, 8, 7),
+            data(2, 7, 8),
+            data(3, 8, 7),
+            p10(4),
+            par(5, 8, 7),
+        ];
+        assert_eq!(decodable(&parity_only, 0, 4), Some((8, vec![8; 4])));
+        // One parity and the data chunk landed, two holders are gone: 10 decodes from
+        // data 1 at 10, data 2 and 3 at 8 and parity 4 at 10.
+        let half = vec![small(1, 8, 10), data(2, 7, 8), data(3, 8, 7), p10(4)];
+        assert_eq!(decodable(&half, 0, 4), Some((10, new.to_vec())));
+    }
+
+    #[test]
+    fn without_parity_acknowledged_small_writes_are_read_from_the_data() {
+        // Small writes 10 and 9 were acknowledged, then both parity holders died: the
+        // data fragments as they are win over 8, which they all still keep.
+        let hs = vec![
+            data(0, 8, 7),
+            small(1, 8, 10),
+            data(2, 7, 8),
+            small(3, 8, 9),
+        ];
+        assert_eq!(decodable(&hs, 0, 4), Some((0, vec![8, 10, 8, 9])));
+        assert_eq!(decodable(&hs[1..], 0, 4), None);
+    }
+
+    #[test]
+    fn only_mixed_parity_slots_carry_their_vector_in_the_checksum() {
+        let chunk = [7u8; 64];
+        assert_eq!(slot_crc(None, &chunk), crc32c::crc32c(&chunk));
+        assert_ne!(
+            slot_crc(Some(&[1, 2]), &chunk),
+            slot_crc(Some(&[1, 3]), &chunk)
+        );
+        let mut e = StripeEntry::zeroed();
+        e.slots[1] = Slot {
+            version: 5,
+            crc: 0,
+            flags: SLOT_MIXED,
+        };
+        e.slots[0].version = 4;
+        assert_eq!(vector_of(&e, 0, &[1, 2, 3]), vec![4, 4, 4]);
+        assert_eq!(vector_of(&e, 1, &[1, 2, 3]), vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_delta_is_cheaper_only_for_a_few_chunks() {
+        let lay = Layout::of(Redundancy::Erasure { data: 4, parity: 2 }, 4 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(delta_pays(&lay, 4096, 4096));
+        assert!(delta_pays(&lay, 100, 512));
+        assert!(!delta_pays(&lay, 0, 3 * 4096));
+        let lay21 = Layout::of(Redundancy::Erasure { data: 2, parity: 1 }, 4 << 20)
+            .unwrap()
+            .unwrap();
+        assert!(!delta_pays(&lay21, 4096, 4096));
     }
 }

@@ -159,7 +159,13 @@ pub(crate) fn own_peer_addr(oid: u64) -> std::result::Result<SocketAddr, RpcErro
 fn is_ec(op: Op) -> bool {
     matches!(
         op,
-        Op::FragWrite | Op::FragRead | Op::FragProbe | Op::FragRemove | Op::EcWrite | Op::EcCheck
+        Op::FragWrite
+            | Op::FragRead
+            | Op::FragProbe
+            | Op::FragRemove
+            | Op::FragDelta
+            | Op::EcWrite
+            | Op::EcCheck
     )
 }
 
@@ -341,6 +347,7 @@ impl Gateway {
                     | Op::FragRead
                     | Op::FragProbe
                     | Op::FragRemove
+                    | Op::FragDelta
                     | Op::EcWrite
                     | Op::EcCheck => {
                         let c = Call { meta, ..*c };
@@ -372,6 +379,7 @@ impl Gateway {
             | Op::FragRead
             | Op::FragProbe
             | Op::FragRemove
+            | Op::FragDelta
             | Op::EcWrite
             | Op::EcCheck => Reply::Data(answer?),
         })

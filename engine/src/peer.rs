@@ -226,6 +226,7 @@ async fn serve_op(
         | Op::FragRead
         | Op::FragProbe
         | Op::FragRemove
+        | Op::FragDelta
         | Op::EcWrite
         | Op::EcCheck => crate::ec::serve(sh, &c).await,
     }

@@ -188,6 +188,18 @@ fn u64s(v: &[u64]) -> Vec<u8> {
     v.iter().flat_map(|x| x.to_le_bytes()).collect()
 }
 
+/// A 4:2 fragment object of a 4 MiB object: 256 header entries of 32 bytes, two slots
+/// of 1 MiB, then the vector area (2 slots x 256 stripes x 4 versions x 8 bytes).
+const HEADER: u64 = 256 * 32;
+const VECTORS: u64 = HEADER + (2 << 20);
+const FRAGMENT_OBJECT: u64 = VECTORS + 2 * 256 * 4 * 8;
+
+/// A connection to the shard that owns fragment key `key`.
+fn connect_owner(store: &Store, addrs: &[SocketAddr], key: u64) -> TcpStream {
+    use collie_engine::shard::{owner_of, partition_of};
+    connect(addrs[owner_of(partition_of(key, store.partition_count()), addrs.len())])
+}
+
 #[test]
 fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     use collie_engine::shard::{owner_of, partition_of};
@@ -208,6 +220,8 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     let write = |s: &mut TcpStream, v: u64, keep: u64, seed: u64, create: bool| {
         let mut p = u64s(&[v, v]);
         p.extend(u64s(&[keep, keep]));
+        // Each stripe's new state: a whole-stripe write, every data fragment at v.
+        p.extend(u64s(&[v; 8]));
         p.extend(chunk(seed));
         p.extend(chunk(seed + 1));
         let mut h = frag_request(Op::FragWrite, key, 0, 2);
@@ -240,9 +254,8 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     // A crash between a chunk write and its header entry: the next write (keeping
     // v11) put its chunk in v10's slot, 1, and died before the header said so. That
     // slot no longer matches its CRC: v10 is gone, v11 is intact.
-    let header = 256 * 32;
-    let mut h = request(Op::Write, key, header + (1 << 20), 4096);
-    h.object_size = header + (2 << 20);
+    let mut h = request(Op::Write, key, HEADER + (1 << 20), 4096);
+    h.object_size = FRAGMENT_OBJECT;
     assert_eq!(call(&mut s, h, &chunk(300)).0.status, status::OK);
     assert_eq!(read(&mut s, 0), (v11, chunk(200)));
     assert_eq!(read(&mut s, v10).0, 0, "a torn slot must not read as v10");
@@ -297,4 +310,89 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     assert_eq!(r.status, status::INVALID);
     assert!(String::from_utf8_lossy(&msg).contains("zones"), "{msg:?}");
     assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+}
+
+#[test]
+fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
+    use collie_placement::ids::{fragment_oid, Vid};
+    let dir = test_dir("peer-deltas");
+    let (store, addrs) = serving(dir.path());
+    let oid = Vid::of_name("ec").data_oid(5);
+    let parity = fragment_oid(oid, 4);
+    let mut s = connect_owner(&store, &addrs, parity);
+    let chunk = |seed: u64| pattern(seed, 4096);
+    let (v10, v11, v12) = (10u64 << 32, 11u64 << 32, 12u64 << 32);
+    // A whole-stripe write of stripe 0 at v10: the vector says every data fragment is
+    // at v10.
+    let mut p = u64s(&[v10, 1]);
+    p.extend(u64s(&[v10; 4]));
+    p.extend(chunk(1));
+    let mut h = frag_request(Op::FragWrite, parity, 0, 1);
+    h.flags |= collie_net::peer::FLAG_CREATE;
+    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    let read = |s: &mut TcpStream, want: u64| {
+        let (r, p) = call(s, frag_request(Op::FragRead, parity, 0, 1), &u64s(&[want]));
+        assert_eq!(r.status, status::OK);
+        (
+            u64::from_le_bytes(p[..8].try_into().unwrap()),
+            p[8..].to_vec(),
+        )
+    };
+    // A delta at v11 keeping v10, data fragment 1 now at v11: the parity becomes the
+    // old parity XOR the delta; v10 stays readable.
+    let delta = |keep: u64, version: u64, seed: u64| {
+        let mut p = u64s(&[version, keep]);
+        p.extend(u64s(&[v10, version, v10, v10]));
+        p.extend(chunk(seed));
+        p
+    };
+    let h = frag_request(Op::FragDelta, parity, 0, 1);
+    assert_eq!(call(&mut s, h, &delta(v10, v11, 2)).0.status, status::OK);
+    let xor: Vec<u8> = chunk(1).iter().zip(chunk(2)).map(|(a, b)| a ^ b).collect();
+    assert_eq!(read(&mut s, 0), (v11, xor.clone()));
+    assert_eq!(read(&mut s, v10), (v10, chunk(1)));
+    // A retry of the same delta gives the same bytes (it builds on v10 again).
+    assert_eq!(call(&mut s, h, &delta(v10, v11, 2)).0.status, status::OK);
+    assert_eq!(read(&mut s, v11), (v11, xor.clone()));
+    // A kept version this holder does not have: NOT_FOUND, nothing changes.
+    assert_eq!(
+        call(&mut s, h, &delta(9 << 32, v12, 3)).0.status,
+        status::NOT_FOUND
+    );
+    assert_eq!(read(&mut s, 0), (v11, xor.clone()));
+    // Deltas go to parity fragments only, at a named kept version.
+    let data = fragment_oid(oid, 1);
+    let mut sd = connect_owner(&store, &addrs, data);
+    let st = call(
+        &mut sd,
+        frag_request(Op::FragDelta, data, 0, 1),
+        &delta(v10, v12, 3),
+    )
+    .0
+    .status;
+    assert_eq!(st, status::INVALID);
+    assert_eq!(
+        call(&mut s, h, &delta(0, v12, 3)).0.status,
+        status::INVALID,
+        "keep 0 would mean 'newest'"
+    );
+
+    // A crash that kept v11's entry and chunk but not its vector (v10 took slot 1 of
+    // the new fragment, v11 slot 0, whose vector is the first in the area): the slot
+    // fails its checksum, so v11 is gone and v10 is intact.
+    let mut h = request(Op::Write, parity, VECTORS, 32);
+    h.object_size = FRAGMENT_OBJECT;
+    assert_eq!(
+        call(&mut s, h, &u64s(&[v10, v12, v10, v10])).0.status,
+        status::OK
+    );
+    // The holder caches its header: a fresh store reads it from disk, as after a crash.
+    drop(s);
+    drop(sd);
+    drop(store);
+    let (store, addrs) = serving(dir.path());
+    let mut s = connect_owner(&store, &addrs, parity);
+    assert_eq!(read(&mut s, v11).0, 0, "a torn vector must not read as v11");
+    // (A restarted holder does not answer "newest" until recovery says it is current.)
+    assert_eq!(read(&mut s, v10), (v10, chunk(1)));
 }

@@ -36,6 +36,9 @@ pub enum Op {
     EcCheck = 12,
     /// Holder: remove every fragment of an object.
     FragRemove = 13,
+    /// Parity holder: XOR a delta into the stripes of one fragment at a kept version
+    /// and write the result as a new version (a small write's parity update).
+    FragDelta = 14,
 }
 
 impl Op {
@@ -54,6 +57,7 @@ impl Op {
             11 => Op::EcWrite,
             12 => Op::EcCheck,
             13 => Op::FragRemove,
+            14 => Op::FragDelta,
             _ => return None,
         })
     }

@@ -1,6 +1,8 @@
 //! No write hole: sheep processes are SIGKILLed in the middle of erasure-coded writes
 //! (the node serving the writer, which is also the primary of some objects, and plain
-//! fragment holders), round after round. After each round every 4 KiB block holds
+//! fragment holders), round after round. The writes mix 64 KiB ones that straddle
+//! stripes (read-modify-write of whole stripes) with 4 KiB ones (one data chunk and a
+//! parity delta each). After each round every 4 KiB block holds
 //! either what it held before the round or what the round wrote (and what qemu-io saw
 //! acknowledged is there), `dog vdi check` finds no stripe that cannot be decoded, and
 //! once it has repaired, a second check finds every stripe consistent. At the end two
@@ -17,6 +19,7 @@ use std::time::Duration;
 const SIZE: u64 = 32 * MIB;
 const BLOCK: usize = 4096;
 const WRITE: u64 = 64 * 1024;
+const SMALL: u64 = 4096;
 const PASSES: usize = 6;
 
 /// The byte every byte of `block` is, or `None` if it is a mix.
@@ -49,10 +52,20 @@ fn killed_writers_and_holders_leave_old_or_new_blocks_and_consistent_stripes() {
         for i in 0..n {
             offsets.swap(i, (i * 7919 + r * 31) % n);
         }
+        // After each large write a 4 KiB one somewhere else.
+        let writes: Vec<(u64, u64)> = offsets
+            .iter()
+            .enumerate()
+            .flat_map(|(i, &o)| {
+                let small = (i as u64 * 7919 + r as u64 * 104729) % (SIZE / SMALL) * SMALL;
+                [(o, WRITE), (small, SMALL)]
+            })
+            .collect();
+        let n = writes.len();
         let mut writer = Command::new("qemu-io");
         writer.args(["-f", "raw"]);
-        for o in &offsets {
-            writer.args(["-c", &format!("write -P {fill} {o} {WRITE}")]);
+        for (o, len) in &writes {
+            writer.args(["-c", &format!("write -P {fill} {o} {len}")]);
         }
         let child = writer
             .arg(c.nodes[via].uri("ec"))
@@ -65,10 +78,14 @@ fn killed_writers_and_holders_leave_old_or_new_blocks_and_consistent_stripes() {
         c.nodes[victim].kill9();
         let out = child.wait_with_output().unwrap();
         let log = text(&out.stdout);
-        let acked: Vec<u64> = log
+        // "wrote 4096/4096 bytes at offset 8192"
+        let acked: Vec<(u64, u64)> = log
             .lines()
-            .filter_map(|l| l.strip_prefix("wrote 65536/65536 bytes at offset "))
-            .map(|o| o.trim().parse().unwrap())
+            .filter_map(|l| {
+                let (len, o) = l.strip_prefix("wrote ")?.split_once(" bytes at offset ")?;
+                let len = len.split_once('/')?.0.parse().ok()?;
+                Some((o.trim().parse().unwrap(), len))
+            })
             .collect();
         eprintln!("round {r}: {} of {n} writes acknowledged", acked.len());
         // A dead NBD server ends the writer; a dead holder only delays it.
@@ -91,8 +108,8 @@ fn killed_writers_and_holders_leave_old_or_new_blocks_and_consistent_stripes() {
         let reader = c.live().next().unwrap();
         let got = qemu_img_read(&reader.uri("ec"), &files.path().join(format!("round{r}")));
         let mut must_be_new = vec![false; blocks.len()];
-        for o in &acked {
-            must_be_new[*o as usize / BLOCK..(*o + WRITE) as usize / BLOCK].fill(true);
+        for &(o, len) in &acked {
+            must_be_new[o as usize / BLOCK..(o + len) as usize / BLOCK].fill(true);
         }
         for (b, block) in got.chunks(BLOCK).enumerate() {
             let v = uniform(block)
