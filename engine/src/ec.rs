@@ -14,7 +14,7 @@
 //! that last changed that chunk; a parity fragment's slot carries the version `w` of
 //! the write that made it and the vector `V` of data versions it encodes (all `w` after
 //! a whole-stripe write; a small write changes one data chunk and XORs the difference
-//! into each parity, docs/erasure-deltas.md). A reader that finds fragments at
+//! into each parity, docs/erasure.md). A reader that finds fragments at
 //! different versions decodes the newest `(w, V)` that at least `D` fragments hold,
 //! never a mix; a stripe's blocks that a write did not touch are the same in both
 //! states, so they never change. A slot whose chunk (and vector) fails its CRC32C (a
@@ -1459,47 +1459,40 @@ impl Gateway {
             let (w, v) = c.first().ok_or_else(|| unsettled(oid, s0 + i as u64))?;
             first.push(*w, v);
         }
-        match self
-            .read_stripes(epoch, oid, lay, holders, s0, &first)
-            .await
-        {
-            Ok(b) => return Ok((first, b)),
-            Err(RpcError::Retry(_)) if n > 1 || cands[0].len() > 1 => {}
-            Err(e) => return Err(e),
-        }
-        let mut basis = Basis::empty(d);
-        let mut out = Vec::with_capacity((n * lay.stripe_size()) as usize);
-        for (i, c) in cands.iter().enumerate() {
+        let (mut bytes, got) = self
+            .read_stripes_some(epoch, oid, lay, holders, s0, &first)
+            .await?;
+        let mut basis = first;
+        let ss = lay.stripe_size() as usize;
+        for i in (0..n as usize).filter(|&i| !got[i]) {
             let sub = stripe_holders(holders, i, d);
-            let mut read = None;
-            for (w, v) in c {
+            let mut read = false;
+            for (w, v) in cands[i].iter().skip(1) {
                 let b = Basis {
                     d,
                     w: vec![*w],
                     v: v.clone(),
                 };
-                match self
-                    .read_stripes(epoch, oid, lay, &sub, s0 + i as u64, &b)
-                    .await
-                {
-                    Ok(bytes) => {
-                        read = Some((b, bytes));
-                        break;
-                    }
-                    Err(RpcError::Retry(_)) => continue,
-                    Err(e) => return Err(e),
+                let (one, ok) = self
+                    .read_stripes_some(epoch, oid, lay, &sub, s0 + i as u64, &b)
+                    .await?;
+                if ok[0] {
+                    bytes[i * ss..(i + 1) * ss].copy_from_slice(&one);
+                    basis.set(i, &b);
+                    read = true;
+                    break;
                 }
             }
-            let (b, bytes) = read.ok_or_else(|| unsettled(oid, s0 + i as u64))?;
-            basis.push(b.w[0], &b.v);
-            out.extend_from_slice(&bytes);
+            if !read {
+                return Err(unsettled(oid, s0 + i as u64));
+            }
         }
-        Ok((basis, out))
+        Ok((basis, bytes))
     }
 
     /// The object bytes of stripes `s0..s0+basis.len()`, each in its basis state,
-    /// read from the holders (data fragments first) and decoded where needed. Each
-    /// round asks for what is still missing from holders not yet tried.
+    /// read from the holders (data fragments first) and decoded where needed; a stripe
+    /// whose state fewer than D fragments answer for is an error ([`unsettled`]).
     async fn read_stripes(
         &self,
         epoch: u32,
@@ -1509,6 +1502,26 @@ impl Gateway {
         s0: u64,
         basis: &Basis,
     ) -> Rpc<Vec<u8>> {
+        let (bytes, got) = self
+            .read_stripes_some(epoch, oid, lay, holders, s0, basis)
+            .await?;
+        match got.iter().position(|&g| !g) {
+            Some(i) => Err(unsettled(oid, s0 + i as u64)),
+            None => Ok(bytes),
+        }
+    }
+
+    /// [`Gateway::read_stripes`], answering which stripes it got (the others read as
+    /// zeros). Each round asks for what is still missing from holders not yet tried.
+    async fn read_stripes_some(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        holders: &[Holder],
+        s0: u64,
+        basis: &Basis,
+    ) -> Rpc<(Vec<u8>, Vec<bool>)> {
         let (n, d, c) = (basis.len(), lay.data(), lay.chunk());
         let fl = n * c;
         // have[j]: fragment j's chunks, and which stripes of it are valid.
@@ -1580,10 +1593,9 @@ impl Gateway {
                 }
             }
         }
-        if let Some(i) = (0..n).find(|&i| count(&have, i) < d) {
-            return Err(unsettled(oid, s0 + i as u64));
-        }
-        // Decode runs of stripes that have the same fragments, one call per run.
+        let got: Vec<bool> = (0..n).map(|i| count(&have, i) >= d).collect();
+        // Decode runs of stripes that have the same fragments, one call per run (a
+        // stripe short of fragments is left zero).
         let mut data_frags: Vec<Vec<u8>> = vec![vec![0u8; fl]; d];
         let mut i = 0;
         while i < n {
@@ -1603,7 +1615,9 @@ impl Gateway {
                 k += 1;
             }
             let (a, b) = (i * c, k * c);
-            if si[..d].iter().all(|&x| x) {
+            if !got[i] {
+                // Short of fragments: nothing to decode.
+            } else if si[..d].iter().all(|&x| x) {
                 for (j, f) in data_frags.iter_mut().enumerate() {
                     f[a..b].copy_from_slice(&have[j].0[a..b]);
                 }
@@ -1621,7 +1635,7 @@ impl Gateway {
             i = k;
         }
         let refs: Vec<&[u8]> = data_frags.iter().map(|f| f.as_slice()).collect();
-        Ok(lay.geo.join(&refs).map_err(codec_error)?)
+        Ok((lay.geo.join(&refs).map_err(codec_error)?, got))
     }
 
     /// The state of stripes `s0..s0+n` if every target holds its fragment and their
