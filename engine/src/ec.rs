@@ -532,8 +532,8 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
 }
 
 /// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
-/// the newest valid one, or none for [`SKIP`]). Answers the versions found (0: none
-/// valid), then the chunks (zeros where none): the FragRead reply.
+/// the newest one, or none for [`SKIP`]). Answers the versions found (0: none valid),
+/// then the chunks (zeros where none): the FragRead reply.
 async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -> Result<Vec<u8>> {
     let n = wants.len();
     lay.check_stripes(s0, n as u64)?;
@@ -547,29 +547,25 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
         let mixed = ents[i].slots[k].flags & SLOT_MIXED != 0;
         slot_crc(mixed.then(|| held.vector(d, i, k)), chunk)
     };
-    let mut got = vec![0u64; n];
-    // Candidate slots per stripe, best first.
-    let cands: Vec<Vec<usize>> = (0..n)
+    // The slot to read per stripe, if any. "Newest" is the newest slot or nothing: a
+    // newest chunk that fails its checksum (torn, rotten) must not make the older
+    // version look newest, or a fast reader would take stale bytes for current ones.
+    let slots: Vec<Option<usize>> = (0..n)
         .map(|i| {
             let e = &ents[i];
-            let mut v: Vec<usize> = (0..2)
-                .filter(|&k| match wants[i] {
-                    SKIP => false,
-                    NEWEST => e.slots[k].version != 0,
-                    w => e.slots[k].version == w,
-                })
-                .collect();
-            v.sort_by_key(|&k| std::cmp::Reverse(e.slots[k].version));
-            v
+            let newest = usize::from(e.slots[1].version > e.slots[0].version);
+            (0..2).find(|&k| match wants[i] {
+                SKIP => false,
+                NEWEST => k == newest && e.slots[k].version != 0,
+                w => e.slots[k].version == w,
+            })
         })
         .collect();
-    // The common case: every stripe's best slot is one slot holding data, one read,
-    // every CRC good. The reply is built around the store's buffer with one copy.
-    if let Some(&slot) = cands.first().and_then(|k| k.first()) {
-        let one_run = (0..n).all(|i| {
-            cands[i].first() == Some(&slot) && ents[i].slots[slot].flags & SLOT_ZEROS == 0
-        });
-        if one_run {
+    let has_data = |i: usize, k: usize| ents[i].slots[k].flags & SLOT_ZEROS == 0;
+    // The common case: every stripe's slot is one slot holding data, one read, every
+    // CRC good. The reply is built around the store's buffer with one copy.
+    if let Some(slot) = slots[0] {
+        if (0..n).all(|i| slots[i] == Some(slot) && has_data(i, slot)) {
             if let Ok(b) = sh.read(key, lay.slot_at(slot, s0), (n * c) as u64).await {
                 if (0..n)
                     .all(|i| crc_of(i, slot, &b[i * c..(i + 1) * c]) == ents[i].slots[slot].crc)
@@ -584,63 +580,56 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
             }
         }
     }
-    // Otherwise stripe by stripe, each slot a candidate in turn.
+    // Otherwise runs of stripes in one slot, each run read at once; a run the store
+    // fails to read (a damaged block in it) is read again stripe by stripe, so that
+    // only the damaged stripes go without.
     let mut out = vec![0u8; n * c];
-    let mut tried = vec![0usize; n];
-    // Rounds: each round reads every stripe's next candidate, runs of one slot at once.
-    for _ in 0..2 {
-        let mut i = 0;
-        while i < n {
-            let slot = match (got[i], cands[i].get(tried[i])) {
-                (0, Some(&k)) => k,
-                _ => {
-                    i += 1;
-                    continue;
-                }
-            };
-            if ents[i].slots[slot].flags & SLOT_ZEROS != 0 {
-                got[i] = ents[i].slots[slot].version;
-                tried[i] += 1;
-                i += 1;
-                continue;
-            }
-            let mut j = i + 1;
-            while j < n
-                && got[j] == 0
-                && cands[j].get(tried[j]) == Some(&slot)
-                && ents[j].slots[slot].flags & SLOT_ZEROS == 0
-            {
-                j += 1;
-            }
-            let at = lay.slot_at(slot, s0 + i as u64);
-            match sh.read(key, at, ((j - i) * c) as u64).await {
-                Ok(b) => {
-                    for k in i..j {
-                        let chunk = &b[(k - i) * c..(k - i + 1) * c];
-                        let s = &ents[k].slots[slot];
-                        if crc_of(k, slot, chunk) == s.crc {
-                            out[k * c..(k + 1) * c].copy_from_slice(chunk);
-                            got[k] = s.version;
-                        } else {
-                            tracing::warn!(
-                                key = format!("{key:#018x}"),
-                                stripe = s0 + k as u64,
-                                version = s.version,
-                                "fragment chunk fails its checksum; it needs repair"
-                            );
-                        }
+    let mut got = vec![0u64; n];
+    let mut runs: Vec<(usize, usize, usize)> = Vec::new();
+    let mut i = 0;
+    while i < n {
+        let Some(slot) = slots[i] else {
+            i += 1;
+            continue;
+        };
+        if !has_data(i, slot) {
+            got[i] = ents[i].slots[slot].version;
+            i += 1;
+            continue;
+        }
+        let mut j = i + 1;
+        while j < n && slots[j] == Some(slot) && has_data(j, slot) {
+            j += 1;
+        }
+        runs.push((i, j, slot));
+        i = j;
+    }
+    while let Some((i, j, slot)) = runs.pop() {
+        let at = lay.slot_at(slot, s0 + i as u64);
+        match sh.read(key, at, ((j - i) * c) as u64).await {
+            Ok(b) => {
+                for k in i..j {
+                    let chunk = &b[(k - i) * c..(k - i + 1) * c];
+                    let s = &ents[k].slots[slot];
+                    if crc_of(k, slot, chunk) == s.crc {
+                        out[k * c..(k + 1) * c].copy_from_slice(chunk);
+                        got[k] = s.version;
+                    } else {
+                        tracing::warn!(
+                            key = format!("{key:#018x}"),
+                            stripe = s0 + k as u64,
+                            version = s.version,
+                            "fragment chunk fails its checksum; it needs repair"
+                        );
                     }
                 }
-                Err(e) => tracing::warn!(
-                    key = format!("{key:#018x}"),
-                    stripe = s0 + i as u64,
-                    "fragment read failed: {e}"
-                ),
             }
-            for t in &mut tried[i..j] {
-                *t += 1;
-            }
-            i = j;
+            Err(_) if j - i > 1 => runs.extend((i..j).map(|k| (k, k + 1, slot))),
+            Err(e) => tracing::warn!(
+                key = format!("{key:#018x}"),
+                stripe = s0 + i as u64,
+                "fragment read failed: {e}"
+            ),
         }
     }
     let mut reply = collie_net::peer::encode_oids(&got);

@@ -310,6 +310,26 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     assert_eq!(r.status, status::INVALID);
     assert!(String::from_utf8_lossy(&msg).contains("zones"), "{msg:?}");
     assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+
+    // Stripe 1's newest chunk rots (v11, slot 0) while v10 is intact: "newest" finds
+    // nothing valid rather than v10, which a fast reader would take for current bytes.
+    let mut h = request(Op::Write, key, HEADER + 4096, 4096);
+    h.object_size = FRAGMENT_OBJECT;
+    assert_eq!(call(&mut s, h, &chunk(400)).0.status, status::OK);
+    let read1 = |s: &mut TcpStream, want: u64| {
+        let (r, p) = call(s, frag_request(Op::FragRead, key, 1, 1), &u64s(&[want]));
+        assert_eq!(r.status, status::OK);
+        (
+            u64::from_le_bytes(p[..8].try_into().unwrap()),
+            p[8..].to_vec(),
+        )
+    };
+    assert_eq!(read1(&mut s, v10), (v10, chunk(101)));
+    assert_eq!(
+        read1(&mut s, 0).0,
+        0,
+        "a rotten newest chunk must not fall back"
+    );
 }
 
 #[test]
