@@ -294,6 +294,11 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
         &u64s(&[0]),
     );
     bad(&mut s, frag_request(Op::FragProbe, key, 0, 1), &[]);
+    // A state that does not have this data fragment (1) at the version written.
+    let mut p = u64s(&[v11 + 1, v11]);
+    p.extend(u64s(&[v11 + 1, v11, v11 + 1, v11 + 1]));
+    p.extend(chunk(5));
+    bad(&mut s, frag_request(Op::FragWrite, key, 0, 1), &p);
     // A key asked of a shard that does not own it.
     if addrs.len() > 1 {
         let mut wrong = connect(addrs[(owner + 1) % addrs.len()]);

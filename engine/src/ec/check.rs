@@ -112,10 +112,9 @@ impl Gateway {
         let (mut basis, bytes) = self.read_careful(epoch, oid, lay, &holders, 0, n).await?;
         // What repair writes keeps the decoded state on every holder.
         let keep = basis.clone();
-        // Stripes decoded from data alone get parity at a new version. A stripe where a
-        // data target's newest chunk is newer than the decoded state (a write cut short
-        // left it there) is rewritten whole at a new version: else fast reads, which
-        // take each chunk's newest, would go on returning it.
+        // A stripe where a data target's newest chunk is newer than the decoded state
+        // (a write cut short left it there) is rewritten whole at a new version: else
+        // fast reads, which take each chunk's newest, would go on returning it.
         let d = lay.data();
         let mut renewed = vec![false; n as usize];
         for (i, renew) in renewed.iter_mut().enumerate() {
@@ -130,8 +129,6 @@ impl Gateway {
             if *renew {
                 let w = next_version(epoch);
                 basis.set(i, &Basis::uniform(d, vec![w]));
-            } else if basis.w[i] == 0 {
-                basis.w[i] = next_version(epoch);
             }
         }
         let mut expect = lay.geo.split(&bytes).map_err(codec_error)?;
@@ -154,7 +151,8 @@ impl Gateway {
             let got = match a {
                 Ok(p) => split_u64s(&p, n as usize)
                     .ok()
-                    .map(|(v, d)| (v, d.to_vec())),
+                    .filter(|(_, x)| x.len() == n as usize * c)
+                    .map(|(v, x)| (v, x.to_vec())),
                 Err(RpcError::Store(_)) => None,
                 Err(e) => return Err(e),
             };
@@ -195,7 +193,16 @@ impl Gateway {
                 p.extend_from_slice(&collie_net::peer::encode_oids(
                     &keep.slice(i, k).of_fragment(j),
                 ));
-                p.extend_from_slice(&collie_net::peer::encode_oids(&run.v));
+                // The state each stripe is in. A data chunk not changed by the write
+                // that made the state is rewritten at its own, older version, whose
+                // state is not known here: it records none.
+                for x in 0..run.len() {
+                    if lay.is_parity(j) || run.want(x, j) == run.w[x] {
+                        p.extend_from_slice(&collie_net::peer::encode_oids(run.vector(x)));
+                    } else {
+                        p.extend_from_slice(&[0u8; 8].repeat(d));
+                    }
+                }
                 p.extend_from_slice(&expect[j][i * c..k * c]);
                 let mut call = self.ec_call(
                     Op::FragWrite,

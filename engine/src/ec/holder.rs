@@ -22,8 +22,8 @@ fn frag_index(key: u64) -> usize {
     }
 }
 
-/// What a holder keeps in memory of one fragment: its header entries and, for a parity
-/// fragment, its vector area (`[slot][stripe][D]`; empty for data fragments).
+/// What a holder keeps in memory of one fragment: its header entries and its vector
+/// area (`[slot][stripe][D]`; empty until a mixed slot needs it).
 struct Frag {
     ents: Vec<StripeEntry>,
     vecs: Vec<u64>,
@@ -40,10 +40,45 @@ impl Frag {
 /// A fragment's whole header, shared by the requests working on it.
 type Header = Rc<RefCell<Frag>>;
 
+/// Marks a fragment write in flight until dropped: its header is not evicted meanwhile
+/// (else a reload from the store, which does not have the write yet, would be cached
+/// and the write would update an orphaned copy).
+struct Writing(u64);
+
+impl Writing {
+    fn start(key: u64) -> Writing {
+        WRITING.with(|w| *w.borrow_mut().entry(key).or_default() += 1);
+        Writing(key)
+    }
+}
+
+impl Drop for Writing {
+    fn drop(&mut self) {
+        WRITING.with(|w| {
+            let mut w = w.borrow_mut();
+            if let Some(n) = w.get_mut(&self.0) {
+                *n -= 1;
+                if *n == 0 {
+                    w.remove(&self.0);
+                }
+            }
+        });
+    }
+}
+
 /// The header of fragment `key` (from memory, else from the store); `None` if this
 /// node has no such fragment.
 async fn header(sh: &Shard, key: u64, lay: &Layout) -> Result<Option<Header>> {
     if let Some(h) = HEADERS.with(|c| c.borrow().get(&key).cloned()) {
+        // Requests name the layout; a header cached under another one (a peer's bug
+        // or a forged request) is not this request's.
+        if h.borrow().ents.len() != lay.stripes() as usize {
+            return Err(StoreError::Invalid(format!(
+                "fragment {key:#018x} has {} stripes, the request says {}",
+                h.borrow().ents.len(),
+                lay.stripes()
+            )));
+        }
         return Ok(Some(h));
     }
     let bytes = match sh.read(key, 0, lay.stripes() * ENTRY).await {
@@ -52,18 +87,15 @@ async fn header(sh: &Shard, key: u64, lay: &Layout) -> Result<Option<Header>> {
         Err(e) => return Err(e),
     };
     let ents = entries_of(&bytes);
-    let mut vecs = Vec::new();
-    if lay.is_parity(frag_index(key)) {
+    let vecs = if ents
+        .iter()
+        .any(|e| e.slots.iter().any(|s| s.flags & SLOT_MIXED != 0))
+    {
         let len = 2 * lay.stripes() * lay.data() as u64 * 8;
-        vecs = if ents
-            .iter()
-            .any(|e| e.slots.iter().any(|s| s.flags & SLOT_MIXED != 0))
-        {
-            u64s_of(&sh.read(key, lay.vectors_at(), len).await?)
-        } else {
-            vec![0; len as usize / 8]
-        };
-    }
+        u64s_of(&sh.read(key, lay.vectors_at(), len).await?)
+    } else {
+        Vec::new()
+    };
     // Another request may have loaded (and changed) it meanwhile: that one wins.
     Ok(Some(cache_header(key, Frag { ents, vecs }).0))
 }
@@ -77,8 +109,12 @@ fn cache_header(key: u64, f: Frag) -> (Header, bool) {
             return (h.clone(), false);
         }
         if c.len() >= CACHED_HEADERS {
-            // Dropping them all costs one header read per fragment next time.
-            c.clear();
+            // Dropping them costs one header read per fragment next time; headers
+            // with writes in flight stay (see `Writing`).
+            WRITING.with(|w| {
+                let w = w.borrow();
+                c.retain(|k, _| w.contains_key(k));
+            });
         }
         let h = Rc::new(RefCell::new(f));
         c.insert(key, h.clone());
@@ -90,9 +126,9 @@ fn uncache_header(key: u64) {
     HEADERS.with(|c| c.borrow_mut().remove(&key));
 }
 
-/// Entries of stripes `s0..s0+n` of a held fragment and, for a parity fragment, each
-/// one's two vectors (`[stripe][slot][D]`, as the probe sends them: zeros and
-/// whole-stripe slots expanded).
+/// Entries of stripes `s0..s0+n` of a held fragment and the state each slot records
+/// (`[stripe][slot][D]`, as the probe sends them: whole-stripe slots expanded, zeros
+/// for a slot that records none).
 pub(super) struct Entries {
     pub(super) ents: Vec<StripeEntry>,
     pub(super) vecs: Vec<u64>,
@@ -112,12 +148,10 @@ async fn entries(sh: &Shard, key: u64, lay: &Layout, s0: u64, n: u64) -> Result<
     let f = h.borrow();
     let range = s0 as usize..(s0 + n) as usize;
     let ents = f.ents[range.clone()].to_vec();
-    let mut vecs = Vec::new();
-    if lay.is_parity(frag_index(key)) {
-        for s in range {
-            for k in 0..2 {
-                vecs.extend(vector_of(&f.ents[s], k, f.vector(lay, k, s)));
-            }
+    let mut vecs = Vec::with_capacity(range.len() * 2 * lay.data());
+    for s in range {
+        for k in 0..2 {
+            vecs.extend(vector_of(&f.ents[s], k, f.vector(lay, k, s), lay.data()));
         }
     }
     Ok(Some(Entries { ents, vecs }))
@@ -136,8 +170,8 @@ fn choose(e: &StripeEntry, version: u64, keep: u64) -> usize {
 }
 
 /// A fragment write as a holder receives it: per stripe its new version, the version
-/// to keep, and the stripe's new state (the D data versions parity encodes; a data
-/// fragment learns from it which chunks the write changed); then the chunks.
+/// to keep, and the state the write leaves the stripe in (every data fragment's
+/// version; zeros for a data fragment rewritten without knowing it); then the chunks.
 #[derive(Clone, Copy)]
 struct FragWrite<'a> {
     versions: &'a [u64],
@@ -150,7 +184,7 @@ struct FragWrite<'a> {
 }
 
 /// Writes stripes `s0..` of fragment `key`: the chunks (none for zeros) into the slots
-/// the new versions take, the vectors of mixed parity slots, and the header entries
+/// the new versions take, the vectors of mixed slots, and the header entries
 /// naming them, in one round: they usually land in one batch of the store's log. No
 /// order is needed between them: an entry is only believed when its chunk (and vector)
 /// matches the CRC32C it records, so a crash that keeps the entry but not the rest
@@ -171,31 +205,37 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
             "fragment write: bad lengths or versions".into(),
         ));
     }
-    // Per stripe, the data fragments the write changes.
-    let changes: Vec<u32> = (0..n)
-        .map(|i| {
-            (0..d)
-                .filter(|&k| w.vectors[i * d + k] == w.versions[i])
-                .fold(0, |m, k| m | 1 << k)
-        })
+    let state = |i: usize| &w.vectors[i * d..(i + 1) * d];
+    // Per stripe: a state of zeros records none (data fragments only); a whole-stripe
+    // state is the slot's version everywhere; anything else is kept as a vector.
+    let stateless: Vec<bool> = (0..n).map(|i| state(i).iter().all(|&v| v == 0)).collect();
+    let mixed: Vec<bool> = (0..n)
+        .map(|i| !stateless[i] && state(i).iter().any(|&v| v != w.versions[i]))
         .collect();
-    let all = (1u32 << d) - 1;
-    if !parity && changes.iter().any(|m| m & 1 << j == 0) {
+    let bad = (0..n).any(|i| {
+        if stateless[i] {
+            parity || w.data.is_none()
+        } else {
+            state(i).contains(&0)
+                || (!parity && state(i)[j] != w.versions[i])
+                || (w.data.is_none() && mixed[i])
+        }
+    });
+    if bad {
         return Err(StoreError::Invalid(
-            "fragment write: the new state does not change this data fragment".into(),
+            "fragment write: a stripe state that does not fit this fragment".into(),
         ));
     }
-    let mixed: Vec<bool> = changes.iter().map(|&m| parity && m != all).collect();
-    let flags = |i: usize| match (parity, mixed[i]) {
-        (true, true) => SLOT_MIXED,
-        (true, false) => 0,
-        (false, _) => changes[i] << TOUCHED_SHIFT,
+    let flags = |i: usize| {
+        if stateless[i] {
+            SLOT_STATELESS
+        } else if mixed[i] {
+            SLOT_MIXED
+        } else {
+            0
+        }
     };
-    if w.data.is_none() && changes.iter().any(|&m| m != all) {
-        return Err(StoreError::Invalid(
-            "fragment write: zeros encode every data fragment at their own version".into(),
-        ));
-    }
+    let _writing = Writing::start(key);
     let meta = lay.meta();
     let range = s0 as usize..s0 as usize + n;
     let cached = header(sh, key, lay).await?;
@@ -207,12 +247,11 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
     let slots: Vec<usize> = (0..n)
         .map(|i| choose(&ents[i], w.versions[i], w.keeps[i]))
         .collect();
-    let vector = |i: usize| mixed[i].then(|| &w.vectors[i * d..(i + 1) * d]);
     for (i, e) in ents.iter_mut().enumerate() {
         e.slots[slots[i]] = match w.data {
             Some(x) => Slot {
                 version: w.versions[i],
-                crc: slot_crc(vector(i), &x[i * c..(i + 1) * c]),
+                crc: slot_crc(mixed[i].then(|| state(i)), &x[i * c..(i + 1) * c]),
                 flags: flags(i),
             },
             None => Slot {
@@ -222,21 +261,17 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
             },
         };
     }
-    // A new fragment gets a whole header: every other stripe zeros (a new object) or
-    // unknown (a fragment that moved here: its other stripes are elsewhere). That also
-    // hides whatever an old copy of this key left in the store.
+    // A new object's fragment gets a whole header: every other stripe zeros. (A
+    // fragment that moved here needs none: entries never written read as zeros, which
+    // is "unknown", and the store had no such object or `cached` would say so. Writes
+    // to different stripes of it may run at once; each writes only its own entries.)
     let whole: Vec<StripeEntry> = match cached {
-        Some(_) => Vec::new(),
-        None => {
-            let fill = if w.create {
-                StripeEntry::initial()
-            } else {
-                StripeEntry::zeroed()
-            };
-            let mut all = vec![fill; lay.stripes() as usize];
+        None if w.create => {
+            let mut all = vec![StripeEntry::initial(); lay.stripes() as usize];
             all[range.clone()].copy_from_slice(&ents);
             all
         }
+        _ => Vec::new(),
     };
     let (at, bytes): (u64, &[u8]) = if whole.is_empty() {
         (s0 * ENTRY, bytemuck::cast_slice(&ents))
@@ -249,24 +284,22 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
     let mut runs = Vec::new();
     let mut i = 0;
     while i < n {
-        let mut j = i + 1;
-        while j < n && slots[j] == slots[i] {
-            j += 1;
+        let mut k = i + 1;
+        while k < n && slots[k] == slots[i] {
+            k += 1;
         }
-        runs.push((i, j));
-        i = j;
+        runs.push((i, k));
+        i = k;
     }
     if let Some(data) = w.data {
-        for &(i, j) in &runs {
+        for &(i, k) in &runs {
             let at = lay.slot_at(slots[i], s0 + i as u64);
-            writes.push(sh.write(key, at, &data[i * c..j * c], meta));
+            writes.push(sh.write(key, at, &data[i * c..k * c], meta));
         }
-        if mixed.contains(&true) {
-            for &(i, j) in &runs {
-                let at = lay.vector_at(slots[i], s0 + i as u64);
-                let v = bytemuck::cast_slice(&w.vectors[i * d..j * d]);
-                writes.push(sh.write(key, at, v, meta));
-            }
+        for &(i, k) in runs.iter().filter(|&&(i, k)| mixed[i..k].contains(&true)) {
+            let at = lay.vector_at(slots[i], s0 + i as u64);
+            let v = bytemuck::cast_slice(&w.vectors[i * d..k * d]);
+            writes.push(sh.write(key, at, v, meta));
         }
     }
     if let Some(e) = join_all(writes).await.into_iter().find_map(|r| r.err()) {
@@ -277,24 +310,34 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
     let h = match cached {
         Some(h) => h,
         None => {
-            let vecs = if parity {
-                vec![0; 2 * lay.stripes() as usize * d]
+            let all = if whole.is_empty() {
+                let mut all = vec![StripeEntry::zeroed(); lay.stripes() as usize];
+                all[range.clone()].copy_from_slice(&ents);
+                all
             } else {
-                Vec::new()
+                whole
             };
             // Another request may have cached the fragment's header meanwhile: ours
             // goes into it.
-            cache_header(key, Frag { ents: whole, vecs }).0
+            cache_header(
+                key,
+                Frag {
+                    ents: all,
+                    vecs: Vec::new(),
+                },
+            )
+            .0
         }
     };
     let mut f = h.borrow_mut();
     f.ents[range].copy_from_slice(&ents);
-    if parity {
-        for i in (0..n).filter(|&i| mixed[i]) {
-            let at = (slots[i] * lay.stripes() as usize + s0 as usize + i) * d;
-            if let Some(dst) = f.vecs.get_mut(at..at + d) {
-                dst.copy_from_slice(&w.vectors[i * d..(i + 1) * d]);
-            }
+    if mixed.contains(&true) && f.vecs.is_empty() {
+        f.vecs = vec![0; 2 * lay.stripes() as usize * d];
+    }
+    for i in (0..n).filter(|&i| mixed[i]) {
+        let at = (slots[i] * lay.stripes() as usize + s0 as usize + i) * d;
+        if let Some(dst) = f.vecs.get_mut(at..at + d) {
+            dst.copy_from_slice(state(i));
         }
     }
     Ok(())
@@ -449,14 +492,27 @@ async fn frag_delta(
 }
 
 /// Header entries of stripes `s0..` of every fragment of `oid` this node holds:
-/// `count u32, then per fragment: index u32, its entries and (parity fragments) the
-/// two vectors of each entry`.
+/// `count u32, then per fragment: index u32, its entries and the state each of their
+/// two slots records`. A fragment whose header cannot be read (damaged) is left out,
+/// as if this node did not hold it: the others still answer.
 async fn frag_probe(sh: &Shard, oid: u64, lay: &Layout, s0: u64, n: u64) -> Result<Vec<u8>> {
     lay.check_stripes(s0, n)?;
     let mut out = vec![0u8; 4];
     let mut count = 0u32;
     for j in 0..lay.width() {
-        if let Some(e) = entries(sh, fragment_oid(oid, j as u8), lay, s0, n).await? {
+        let key = fragment_oid(oid, j as u8);
+        let held = match entries(sh, key, lay, s0, n).await {
+            Ok(e) => e,
+            Err(StoreError::Invalid(m)) => return Err(StoreError::Invalid(m)),
+            Err(e) => {
+                tracing::warn!(
+                    key = format!("{key:#018x}"),
+                    "fragment header unreadable: {e}"
+                );
+                None
+            }
+        };
+        if let Some(e) = held {
             out.extend_from_slice(&(j as u32).to_le_bytes());
             out.extend_from_slice(bytemuck::cast_slice(&e.ents));
             out.extend_from_slice(bytemuck::cast_slice(&e.vecs));
@@ -486,11 +542,7 @@ pub(super) fn decode_probe(p: &[u8], lay: &Layout, n: u64) -> Result<Vec<(u8, En
         if j as usize >= lay.width() {
             return Err(bad());
         }
-        let vl = if lay.is_parity(j as usize) {
-            vecs_len
-        } else {
-            0
-        };
+        let vl = vecs_len;
         let f = p.get(at + 4..at + 4 + ents_len + vl).ok_or_else(bad)?;
         out.push((
             j as u8,
@@ -631,6 +683,8 @@ thread_local! {
     /// fragment's owning shard (see `serve`), so only this shard changes them and
     /// memory stays true to the store.
     static HEADERS: RefCell<HashMap<u64, Header>> = RefCell::new(HashMap::new());
+    /// Fragments with writes in flight, and how many.
+    static WRITING: RefCell<HashMap<u64, u32>> = RefCell::new(HashMap::new());
 }
 
 #[cfg(test)]
@@ -663,7 +717,7 @@ mod tests {
     }
 
     #[test]
-    fn only_mixed_parity_slots_carry_their_vector_in_the_checksum() {
+    fn only_mixed_slots_carry_their_vector_in_the_checksum() {
         let chunk = [7u8; 64];
         assert_eq!(slot_crc(None, &chunk), crc32c::crc32c(&chunk));
         assert_ne!(
@@ -677,7 +731,9 @@ mod tests {
             flags: SLOT_MIXED,
         };
         e.slots[0].version = 4;
-        assert_eq!(vector_of(&e, 0, &[1, 2, 3]), vec![4, 4, 4]);
-        assert_eq!(vector_of(&e, 1, &[1, 2, 3]), vec![1, 2, 3]);
+        assert_eq!(vector_of(&e, 0, &[1, 2, 3], 3), vec![4, 4, 4]);
+        assert_eq!(vector_of(&e, 1, &[1, 2, 3], 3), vec![1, 2, 3]);
+        e.slots[0].flags = SLOT_STATELESS;
+        assert_eq!(vector_of(&e, 0, &[1, 2, 3], 3), vec![0, 0, 0]);
     }
 }

@@ -75,14 +75,16 @@ pub const SKIP: u64 = u64::MAX;
 /// Slot flag: the stripe's chunk is zeros (nothing was written to the slot). A zeros
 /// slot encodes every data fragment at its own version.
 const SLOT_ZEROS: u32 = 1;
-/// Slot flag of parity fragments: the slot encodes the data fragments at the versions
-/// its vector (in the fragment's vector area) names, not all at the slot's version; the
-/// slot's CRC covers the vector, then the chunk, so a torn vector is a torn slot.
+/// Slot flag: the state the write that made the slot left the stripe in (the version of
+/// every data fragment) is its vector in the fragment's vector area, not every data
+/// fragment at the slot's version; the slot's CRC covers the vector, then the chunk, so
+/// a torn vector is a torn slot. Without it (and without `SLOT_STATELESS`) the slot's
+/// write was a whole-stripe one.
 const SLOT_MIXED: u32 = 2;
-/// Data fragments' slots keep in the flags' high 16 bits which data fragments of the
-/// stripe the write that made them changed (0: all): a reader that has only data
-/// fragments takes a version only where every chunk that write changed holds it.
-const TOUCHED_SHIFT: u32 = 16;
+/// Slot flag of data fragments: the slot records no state (a repair rewrote the chunk
+/// at its version without knowing the state its write left): it is read as data of
+/// that version, but no reader takes a state from it.
+const SLOT_STATELESS: u32 = 4;
 /// Objects whose stripe versions a primary remembers, per shard (~10 KiB each for 4:2).
 const CACHED_OBJECTS: usize = 2048;
 /// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2 data
@@ -128,25 +130,21 @@ impl StripeEntry {
     }
 }
 
-/// The data versions slot `k` of a parity entry encodes: its vector if the slot is
-/// mixed (`stored`: the slot's D versions), else its own version D times.
-fn vector_of(e: &StripeEntry, k: usize, stored: &[u64]) -> Vec<u64> {
-    if e.slots[k].flags & SLOT_MIXED != 0 {
+/// The state slot `k` records, as D data versions: its vector if the slot is mixed
+/// (`stored`: the slot's D versions), zeros if it records none, else its own version D
+/// times (a whole-stripe write).
+fn vector_of(e: &StripeEntry, k: usize, stored: &[u64], d: usize) -> Vec<u64> {
+    let s = &e.slots[k];
+    if s.flags & SLOT_MIXED != 0 {
         stored.to_vec()
+    } else if s.flags & SLOT_STATELESS != 0 {
+        vec![0; d]
     } else {
-        vec![e.slots[k].version; stored.len()]
+        vec![s.version; d]
     }
 }
 
-/// The data fragments the write that made data slot `s` changed (a bit each).
-fn touched(s: &Slot, d: usize) -> u32 {
-    match s.flags >> TOUCHED_SHIFT {
-        0 => (1u32 << d) - 1,
-        m => m,
-    }
-}
-
-/// The CRC a slot records: over its vector (mixed parity slots only), then its chunk.
+/// The CRC a slot records: over its vector (mixed slots only), then its chunk.
 fn slot_crc(vector: Option<&[u64]>, chunk: &[u8]) -> u32 {
     let seed = vector.map_or(0, |v| crc32c::crc32c(bytemuck::cast_slice(v)));
     crc32c::crc32c_append(seed, chunk)

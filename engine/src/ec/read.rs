@@ -132,6 +132,8 @@ impl Gateway {
                 Err(RpcError::Unreachable { addr, why }) => {
                     tracing::debug!(%addr, "fragment probe: {why}")
                 }
+                // Nor does one whose store fails (a damaged disk): the others decode.
+                Err(RpcError::Store(e)) => tracing::warn!(?t, "fragment probe: {e}"),
                 Err(e) => return Err(e),
             }
         }

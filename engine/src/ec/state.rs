@@ -87,12 +87,13 @@ thread_local! {
     static COUNTER: Cell<u32> = const { Cell::new(0) };
 }
 
-pub(super) fn known(oid: u64, epoch: u32, s0: u64, n: u64) -> Option<Basis> {
+pub(super) fn known(oid: u64, epoch: u32, lay: &Layout, s0: u64, n: u64) -> Option<Basis> {
     KNOWN.with(|k| {
         let k = k.borrow();
         let (e, b) = k.get(&oid)?;
         let (a, z) = (s0 as usize, (s0 + n) as usize);
-        (*e == epoch && !b.w[a..z].contains(&0)).then(|| b.slice(a, z))
+        let fits = b.d == lay.data() && b.len() == lay.stripes() as usize;
+        (*e == epoch && fits && !b.w[a..z].contains(&0)).then(|| b.slice(a, z))
     })
 }
 
@@ -110,7 +111,8 @@ pub(super) fn remember(oid: u64, epoch: u32, lay: &Layout, s0: u64, b: &Basis) {
             )
         };
         let e = k.entry(oid).or_insert_with(unknown);
-        if e.0 != epoch {
+        // (Another layout for the same object can only come from a forged request.)
+        if e.0 != epoch || e.1.d != lay.data() || e.1.len() != lay.stripes() as usize {
             *e = unknown();
         }
         e.1.set(s0 as usize, b);
@@ -129,83 +131,45 @@ pub(super) fn next_version(epoch: u32) -> u64 {
     u64::from(epoch.max(1)) << 32 | u64::from(c)
 }
 
-/// The states stripe `i` can be decoded in from `holders`, best first. A state
-/// `(w, V)`: parity at `w` encodes data fragment `j` at `V[j]`; it decodes when the data
-/// fragments holding their `V[j]` and the parity fragments holding `w` number `d` or
-/// more. Candidates, ranked by the newest write in them:
-/// - each parity slot's `(w, V)`;
-/// - `(u, [u; d])` for each version `u` of a whole-stripe write a data fragment holds
-///   (such a write counts even if no parity of it landed or has a place);
-/// - the data fragments as they are (`w` 0), if each one holds a version whose write
-///   reached every chunk it changed: needed once parity is lost, since a small write
-///   changes one data fragment and parity only. Ranked after a parity-backed state of
-///   the same newest write.
+/// The states stripe `i` can be decoded in from `holders`, best first. Every slot
+/// records the state its write left the stripe in, `(u, V)`: data fragment `j` at
+/// `V[j]`, parity at `u` (the write's version, the newest in `V`). A state decodes
+/// when the data fragments holding their `V[j]` and the parity fragments holding `u`
+/// number `d` or more; the newest state that decodes wins. Parity lost, the data
+/// fragments alone still give the state of the last write (the fragments it changed
+/// record it); a write that reached fewer than `d` fragments gives none, so a stripe
+/// is never decoded as a mix of two writes.
 pub(super) fn candidates(holders: &[Holder], i: usize, d: usize) -> Vec<(u64, Vec<u64>)> {
-    let all = (1u32 << d) - 1;
-    // (rank, parity-backed, w, V)
-    let mut out: Vec<(u64, bool, u64, Vec<u64>)> = Vec::new();
-    let count = |w: u64, v: &[u64]| {
+    let holds = |u: u64, v: &[u64]| {
         let mut frags = 0u32;
         for o in holders {
             let j = usize::from(o.frag);
-            let want = if j < d { v[j] } else { w };
+            let want = if j < d { v[j] } else { u };
             if o.ents.as_ref().is_some_and(|x| x.ents[i].has(want)) {
                 frags |= 1 << j;
             }
         }
         frags.count_ones() as usize
     };
+    let mut seen: Vec<u64> = Vec::new();
+    let mut out: Vec<(u64, Vec<u64>)> = Vec::new();
     for h in holders {
         let Some(e) = &h.ents else { continue };
-        let j = usize::from(h.frag);
         for k in 0..2 {
-            let slot = &e.ents[i].slots[k];
-            let w = slot.version;
-            if w == 0 || out.iter().any(|c| c.2 == w) {
+            let u = e.ents[i].slots[k].version;
+            let v = e.vector(d, i, k);
+            // Stateless slots (zeros) and malformed answers name no state.
+            if u == 0 || v.len() != d || v.contains(&0) || seen.contains(&u) {
                 continue;
             }
-            let v = if j >= d {
-                e.vector(d, i, k).to_vec()
-            } else if touched(slot, d) == all {
-                vec![w; d]
-            } else {
-                continue;
-            };
-            if v.len() == d && count(w, &v) >= d {
-                out.push((w, true, w, v));
+            seen.push(u);
+            if holds(u, v) >= d {
+                out.push((u, v.to_vec()));
             }
         }
     }
-    // Per data fragment, the versions any holder has, newest first, with what their
-    // writes changed.
-    let mut held: Vec<Vec<(u64, u32)>> = vec![Vec::new(); d];
-    for h in holders.iter().filter(|h| usize::from(h.frag) < d) {
-        if let Some(e) = &h.ents {
-            for s in e.ents[i].slots.iter().filter(|s| s.version != 0) {
-                held[usize::from(h.frag)].push((s.version, touched(s, d)));
-            }
-        }
-    }
-    let has = |k: usize, u: u64| held[k].iter().any(|&(v, _)| v == u);
-    let mut v = Vec::with_capacity(d);
-    for (j, versions) in held.iter().enumerate() {
-        let mut versions = versions.clone();
-        versions.sort_by_key(|&(u, _)| std::cmp::Reverse(u));
-        let complete = versions
-            .iter()
-            .find(|&&(u, m)| (0..d).filter(|&k| m >> k & 1 == 1).all(|k| has(k, u)));
-        match complete {
-            Some(&(u, _)) => v.push(u),
-            None => break,
-        }
-        debug_assert_eq!(v.len(), j + 1);
-    }
-    if v.len() == d {
-        let rank = v.iter().copied().max().unwrap_or(0);
-        out.push((rank, false, 0, v));
-    }
-    out.sort_by_key(|c| std::cmp::Reverse((c.0, c.1)));
-    out.into_iter().map(|(_, _, w, v)| (w, v)).collect()
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
+    out
 }
 
 /// The best state stripe `i` decodes in ([`candidates`]).
@@ -253,43 +217,30 @@ pub(super) fn decodable_all(
 mod tests {
     use super::*;
 
-    /// A holder of fragment `frag` of a 4:2 object with slots `a` and `b` (versions and,
-    /// for parity, the data versions each encodes).
+    /// A holder of fragment `frag` of a 4:2 object with slots `a` and `b`: each a
+    /// version and the state its write left (zeros: none recorded).
     fn holder(frag: u8, a: (u64, [u64; 4]), b: (u64, [u64; 4])) -> Holder {
         let mut e = StripeEntry::zeroed();
         e.slots[0].version = a.0;
         e.slots[1].version = b.0;
-        let vecs = if frag >= 4 {
-            a.1.iter().chain(&b.1).copied().collect()
-        } else {
-            Vec::new()
-        };
         Holder {
             t: Target::Local,
             frag,
             ents: Some(Entries {
                 ents: vec![e],
-                vecs,
+                vecs: a.1.iter().chain(&b.1).copied().collect(),
             }),
         }
     }
 
-    fn data(frag: u8, a: u64, b: u64) -> Holder {
-        holder(frag, (a, [0; 4]), (b, [0; 4]))
-    }
-
-    /// A data fragment whose slot `b` was written by a small write of it alone.
-    fn small(frag: u8, a: u64, b: u64) -> Holder {
-        let mut h = data(frag, a, b);
-        if let Some(e) = &mut h.ents {
-            e.ents[0].slots[1].flags = 1 << (TOUCHED_SHIFT + u32::from(frag));
-        }
-        h
-    }
-
-    /// A parity fragment written by whole-stripe writes only.
-    fn par(frag: u8, a: u64, b: u64) -> Holder {
+    /// A fragment whose two slots were written by whole-stripe writes.
+    fn whole(frag: u8, a: u64, b: u64) -> Holder {
         holder(frag, (a, [a; 4]), (b, [b; 4]))
+    }
+
+    /// A fragment whose slot `b` was written by a small write that left state `v`.
+    fn small(frag: u8, a: u64, b: u64, v: [u64; 4]) -> Holder {
+        holder(frag, (a, [a; 4]), (b, v))
     }
 
     #[test]
@@ -297,37 +248,42 @@ mod tests {
         // A whole-stripe write of 9 reached three data fragments: 8 (kept everywhere)
         // decodes, 9 not.
         let hs = vec![
-            data(0, 8, 9),
-            data(1, 8, 9),
-            data(2, 9, 8),
-            data(3, 8, 7),
-            par(4, 8, 7),
-            par(5, 7, 8),
+            whole(0, 8, 9),
+            whole(1, 8, 9),
+            whole(2, 9, 8),
+            whole(3, 8, 7),
+            whole(4, 8, 7),
+            whole(5, 7, 8),
         ];
         assert_eq!(decodable(&hs, 0, 4), Some((8, vec![8; 4])));
         // It reached a parity fragment as well: 9 decodes.
         let hs = vec![
-            data(0, 8, 9),
-            data(1, 8, 9),
-            data(2, 9, 8),
-            data(3, 8, 7),
-            par(4, 8, 9),
+            whole(0, 8, 9),
+            whole(1, 8, 9),
+            whole(2, 9, 8),
+            whole(3, 8, 7),
+            whole(4, 8, 9),
         ];
         assert_eq!(decodable(&hs, 0, 4), Some((9, vec![9; 4])));
         // Two nodes died, so parity has no place: a whole-stripe write of 9 reached the
         // four data fragments only. The parity left behind on live nodes still decodes
         // 8 with the data fragments' kept slots, but 9 is newer and wins.
         let hs = vec![
-            data(0, 8, 9),
-            data(1, 9, 8),
-            data(2, 9, 0),
-            data(3, 9, 0),
-            par(4, 8, 7),
-            par(5, 7, 8),
+            whole(0, 8, 9),
+            whole(1, 9, 8),
+            whole(2, 9, 0),
+            whole(3, 9, 0),
+            whole(4, 8, 7),
+            whole(5, 7, 8),
         ];
         assert_eq!(decodable(&hs, 0, 4), Some((9, vec![9; 4])));
         // Two holders of one fragment count once.
-        let hs = vec![par(4, 9, 0), par(4, 9, 0), data(1, 9, 0), data(2, 9, 0)];
+        let hs = vec![
+            whole(4, 9, 0),
+            whole(4, 9, 0),
+            whole(1, 9, 0),
+            whole(2, 9, 0),
+        ];
         assert_eq!(decodable(&hs, 0, 4), None);
     }
 
@@ -337,66 +293,113 @@ mod tests {
         let p10 = |frag| holder(frag, (8, [8; 4]), (10, new));
         // A delta write of 10 to data fragment 1, built on 8 everywhere: complete.
         let done = vec![
-            data(0, 8, 7),
-            small(1, 8, 10),
-            data(2, 7, 8),
-            data(3, 8, 7),
+            whole(0, 8, 7),
+            small(1, 8, 10, new),
+            whole(2, 7, 8),
+            whole(3, 8, 7),
             p10(4),
             p10(5),
         ];
         assert_eq!(decodable(&done, 0, 4), Some((10, new.to_vec())));
-        // Only the data chunk landed: no parity names 10. The data fragments as they
-        // are hold it whole (a write never acknowledged may read as new); should its
-        // chunk not read back, 8 still decodes (fragment 1 kept it).
+        // Only the data chunk landed: the data fragments hold 10's state (a write never
+        // acknowledged may read as new); should its chunk not read back, 8 decodes.
         let data_only = vec![
-            data(0, 8, 7),
-            small(1, 8, 10),
-            data(2, 7, 8),
-            data(3, 8, 7),
-            par(4, 8, 7),
-            par(5, 8, 7),
+            whole(0, 8, 7),
+            small(1, 8, 10, new),
+            whole(2, 7, 8),
+            whole(3, 8, 7),
+            whole(4, 8, 7),
+            whole(5, 8, 7),
         ];
         assert_eq!(
             candidates(&data_only, 0, 4)[..2],
-            [(0, vec![8, 10, 8, 8]), (8, vec![8; 4])]
+            [(10, new.to_vec()), (8, vec![8; 4])]
         );
-        // A whole-stripe write that reached one data fragment only is not taken from
-        // the data fragments as they are.
+        // A whole-stripe write that reached one data fragment only is no state.
         let torn = vec![
-            data(0, 8, 11),
-            data(1, 8, 7),
-            data(2, 7, 8),
-            data(3, 8, 7),
-            par(4, 8, 7),
+            whole(0, 8, 11),
+            whole(1, 8, 7),
+            whole(2, 7, 8),
+            whole(3, 8, 7),
+            whole(4, 8, 7),
         ];
         assert_eq!(decodable(&torn, 0, 4), Some((8, vec![8; 4])));
-        // One parity landed, the data chunk did not: 10 needs fragment 1 at 10, so
-        // with fragment 0 gone it has 3 of 4 and 8 decodes.
+        // One parity landed, the data chunk did not, and fragment 0 is gone: 10 needs
+        // fragment 1 at 10, so it has 3 of 4 and 8 decodes.
         let parity_only = vec![
-            data(1, 8, 7),
-            data(2, 7, 8),
-            data(3, 8, 7),
+            whole(1, 8, 7),
+            whole(2, 7, 8),
+            whole(3, 8, 7),
             p10(4),
-            par(5, 8, 7),
+            whole(5, 8, 7),
         ];
         assert_eq!(decodable(&parity_only, 0, 4), Some((8, vec![8; 4])));
         // One parity and the data chunk landed, two holders are gone: 10 decodes from
         // data 1 at 10, data 2 and 3 at 8 and parity 4 at 10.
-        let half = vec![small(1, 8, 10), data(2, 7, 8), data(3, 8, 7), p10(4)];
+        let half = vec![small(1, 8, 10, new), whole(2, 7, 8), whole(3, 8, 7), p10(4)];
         assert_eq!(decodable(&half, 0, 4), Some((10, new.to_vec())));
     }
 
     #[test]
     fn without_parity_acknowledged_small_writes_are_read_from_the_data() {
-        // Small writes 10 and 9 were acknowledged, then both parity holders died: the
-        // data fragments as they are win over 8, which they all still keep.
+        // Small writes 9 (fragment 3) then 10 (fragment 1) were acknowledged, then both
+        // parity holders died: 10's state wins over 8, which every fragment still keeps.
         let hs = vec![
-            data(0, 8, 7),
-            small(1, 8, 10),
-            data(2, 7, 8),
-            small(3, 8, 9),
+            whole(0, 8, 7),
+            small(1, 8, 10, [8, 10, 8, 9]),
+            whole(2, 7, 8),
+            small(3, 8, 9, [8, 8, 8, 9]),
         ];
-        assert_eq!(decodable(&hs, 0, 4), Some((0, vec![8, 10, 8, 9])));
+        assert_eq!(decodable(&hs, 0, 4), Some((10, vec![8, 10, 8, 9])));
         assert_eq!(decodable(&hs[1..], 0, 4), None);
+        // Two small writes to one chunk of a fresh stripe: the others are still at
+        // the initial version, and 9's state decodes.
+        let fresh = vec![
+            holder(0, (8, [8, 1, 1, 1]), (9, [9, 1, 1, 1])),
+            whole(1, 1, 0),
+            whole(2, 1, 0),
+            whole(3, 1, 0),
+        ];
+        assert_eq!(decodable(&fresh, 0, 4), Some((9, vec![9, 1, 1, 1])));
+    }
+
+    #[test]
+    fn an_acknowledged_write_is_never_taken_back_by_later_writes_to_other_chunks() {
+        // Whole-stripe 8; small 9 (fragment 1); whole-stripe 10; small 11 and 12
+        // (fragment 2); small 13 (fragment 0) and 14 (fragment 3); then 15 (fragment
+        // 3) reached fragment 3 only. Fragment 1's newest, 10, must stay: fragment 2
+        // no longer holds 10, which does not make 10 less written.
+        let v = |x: [u64; 4]| x;
+        let (v10, v9) = (v([10; 4]), v([8, 9, 8, 8]));
+        let (v11, v12) = (v([10, 10, 11, 10]), v([10, 10, 12, 10]));
+        let (v13, v14, v15) = (
+            v([13, 10, 12, 10]),
+            v([13, 10, 12, 14]),
+            v([13, 10, 12, 15]),
+        );
+        let data = vec![
+            holder(0, (13, v13), (10, v10)),
+            holder(1, (10, v10), (9, v9)),
+            holder(2, (11, v11), (12, v12)),
+            holder(3, (14, v14), (15, v15)),
+        ];
+        let parity = vec![
+            holder(4, (13, v13), (14, v14)),
+            holder(5, (13, v13), (14, v14)),
+        ];
+        let all: Vec<Holder> = data.into_iter().chain(parity).collect();
+        assert_eq!(decodable(&all, 0, 4), Some((15, v15.to_vec())));
+        // Parity lost: the same.
+        let no_parity: Vec<Holder> = all.into_iter().take(4).collect();
+        assert_eq!(decodable(&no_parity, 0, 4), Some((15, v15.to_vec())));
+        // Fragment 3 lost instead: 14 decodes with parity; a repaired fragment that
+        // records no state (zeros) still counts for the version it holds.
+        let hs = vec![
+            holder(0, (13, v13), (10, v10)),
+            holder(1, (10, [0; 4]), (0, [0; 4])),
+            holder(2, (11, v11), (12, v12)),
+            holder(4, (13, v13), (14, v14)),
+        ];
+        assert_eq!(decodable(&hs, 0, 4), Some((14, v14.to_vec())));
     }
 }

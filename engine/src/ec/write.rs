@@ -457,7 +457,7 @@ impl Gateway {
         s0: u64,
         n: u64,
     ) -> Rpc<Option<(Basis, Vec<Holder>)>> {
-        if let Some(b) = known(oid, epoch, s0, n) {
+        if let Some(b) = known(oid, epoch, lay, s0, n) {
             return Ok(Some((b, Vec::new())));
         }
         if let Some(b) = self.probe_targets(epoch, oid, lay, ts, s0, n).await? {
