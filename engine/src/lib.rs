@@ -23,6 +23,7 @@ pub mod export;
 pub mod format;
 pub mod frontend;
 pub mod gateway;
+mod held;
 pub mod index;
 mod listen;
 pub mod node;

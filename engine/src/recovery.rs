@@ -6,6 +6,7 @@ use crate::cluster::view::ClusterView;
 use crate::ec::Layout;
 use crate::error::StoreError;
 use crate::gateway::{self, Gateway, Target, META_COPIES};
+use crate::held::{Counts, Held};
 use crate::partition::{ObjectInfo, WriteMeta};
 use crate::peer::{Call, Rpc, RpcError};
 use crate::shard::{Reply, Shard};
@@ -121,7 +122,7 @@ thread_local! {
     static LOCAL: RefCell<Local> = RefCell::new(Local::default());
     static NEXT_SETTLE: Cell<u64> = const { Cell::new(0) };
     /// Epoch -> client writes of that epoch being applied on this shard.
-    static WRITING: RefCell<BTreeMap<u32, usize>> = const { RefCell::new(BTreeMap::new()) };
+    static WRITING: Counts<u32> = const { RefCell::new(BTreeMap::new()) };
     static QUEUE: Cell<Option<glommio::TaskQueueHandle>> = const { Cell::new(None) };
 }
 
@@ -353,21 +354,7 @@ impl Drop for Settling {
 // ------------------------------------------- writes of older epochs still being applied
 
 /// A write a gateway sent at some epoch, being applied on this shard.
-pub(crate) struct Applying(u32);
-
-impl Drop for Applying {
-    fn drop(&mut self) {
-        WRITING.with(|w| {
-            let mut w = w.borrow_mut();
-            if let Some(n) = w.get_mut(&self.0) {
-                *n -= 1;
-                if *n == 0 {
-                    w.remove(&self.0);
-                }
-            }
-        });
-    }
-}
+pub(crate) type Applying = Held<u32>;
 
 /// Starts applying a write a gateway sent at `epoch`. Refused once this shard is past
 /// that epoch (the gateway retries at the new one): so every write of an older epoch
@@ -380,8 +367,7 @@ pub(crate) fn applying(epoch: u32) -> Result<Applying, StoreError> {
             "a write sent at epoch {epoch} reached a node at epoch {now}"
         )));
     }
-    WRITING.with(|w| *w.borrow_mut().entry(epoch).or_default() += 1);
-    Ok(Applying(epoch))
+    Ok(Held::new(&WRITING, epoch))
 }
 
 /// How long recovery's reads wait for older writes before going on regardless.

@@ -1,6 +1,8 @@
 //! The holder side: fragments in the store, their headers, and the fragment ops.
 
 use super::*;
+use crate::held::{Counts, Held};
+use std::collections::BTreeMap;
 
 fn entries_of(b: &[u8]) -> Vec<StripeEntry> {
     b.chunks_exact(ENTRY as usize)
@@ -39,32 +41,6 @@ impl Frag {
 
 /// A fragment's whole header, shared by the requests working on it.
 type Header = Rc<RefCell<Frag>>;
-
-/// Marks a fragment write in flight until dropped: its header is not evicted meanwhile
-/// (else a reload from the store, which does not have the write yet, would be cached
-/// and the write would update an orphaned copy).
-struct Writing(u64);
-
-impl Writing {
-    fn start(key: u64) -> Writing {
-        WRITING.with(|w| *w.borrow_mut().entry(key).or_default() += 1);
-        Writing(key)
-    }
-}
-
-impl Drop for Writing {
-    fn drop(&mut self) {
-        WRITING.with(|w| {
-            let mut w = w.borrow_mut();
-            if let Some(n) = w.get_mut(&self.0) {
-                *n -= 1;
-                if *n == 0 {
-                    w.remove(&self.0);
-                }
-            }
-        });
-    }
-}
 
 /// The header of fragment `key` (from memory, else from the store); `None` if this
 /// node has no such fragment.
@@ -110,7 +86,9 @@ fn cache_header(key: u64, f: Frag) -> (Header, bool) {
         }
         if c.len() >= CACHED_HEADERS {
             // Dropping them costs one header read per fragment next time; headers
-            // with writes in flight stay (see `Writing`).
+            // with writes in flight stay (else a reload from the store, which does
+            // not have the write yet, would be cached and the write would update an
+            // orphaned copy).
             WRITING.with(|w| {
                 let w = w.borrow();
                 c.retain(|k, _| w.contains_key(k));
@@ -235,7 +213,7 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
             0
         }
     };
-    let _writing = Writing::start(key);
+    let _writing = Held::new(&WRITING, key);
     let meta = lay.meta();
     let range = s0 as usize..s0 as usize + n;
     let cached = header(sh, key, lay).await?;
@@ -684,7 +662,7 @@ thread_local! {
     /// memory stays true to the store.
     static HEADERS: RefCell<HashMap<u64, Header>> = RefCell::new(HashMap::new());
     /// Fragments with writes in flight, and how many.
-    static WRITING: RefCell<HashMap<u64, u32>> = RefCell::new(HashMap::new());
+    static WRITING: Counts<u64> = const { RefCell::new(BTreeMap::new()) };
 }
 
 #[cfg(test)]

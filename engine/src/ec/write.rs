@@ -300,25 +300,16 @@ impl Gateway {
         let pieces: Vec<_> = lay.geo.pieces(offset, bytes.len() as u64).collect();
         let touched = dedup(pieces.iter().map(|p| u64::from(p.fragment)).collect());
         let touched: Vec<usize> = touched.into_iter().map(|j| j as usize).collect();
-        let answers = join_all(touched.iter().map(|&j| {
-            let wants = collie_net::peer::encode_oids(&[basis.want(0, j)]);
-            async move {
-                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s0, 1);
-                call.payload = &wants;
-                self.ec_data(epoch, ts[j], &call).await
-            }
-        }))
-        .await;
         // Old and new bytes of the data chunks (untouched ones stay zero in both, so
         // their difference is zero).
         let mut old = vec![0u8; d * c];
+        let answers = self
+            .chunks_at(epoch, oid, lay, ts, s0, basis, &touched)
+            .await;
         for (&j, a) in touched.iter().zip(answers) {
-            let p = a?;
-            match split_u64s(&p, 1) {
-                Ok((v, x)) if v[0] == basis.want(0, j) && x.len() == c => {
-                    old[j * c..(j + 1) * c].copy_from_slice(x);
-                }
-                _ => return Err(StoreError::NotFound(fragment_oid(oid, j as u8)).into()),
+            match a? {
+                Some(x) => old[j * c..(j + 1) * c].copy_from_slice(&x),
+                None => return Err(StoreError::NotFound(fragment_oid(oid, j as u8)).into()),
             }
         }
         let mut new = old.clone();
@@ -388,30 +379,46 @@ impl Gateway {
         if needed.iter().any(|&j| j >= ts.len()) {
             return Ok(None);
         }
-        let answers = join_all(needed.iter().map(|&j| {
-            let wants = collie_net::peer::encode_oids(&[basis.want(0, j)]);
-            async move {
-                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
-                call.payload = &wants;
-                self.ec_data(epoch, ts[j], &call).await
-            }
-        }))
-        .await;
+        let answers = self.chunks_at(epoch, oid, lay, ts, s, basis, &needed).await;
         let mut out = vec![0u8; ss as usize];
         for (&j, a) in needed.iter().zip(answers) {
-            let p = match a {
-                Ok(p) => p,
-                Err(RpcError::Store(_)) => return Ok(None),
+            match a {
+                Ok(Some(x)) => out[j * c as usize..(j + 1) * c as usize].copy_from_slice(&x),
+                Ok(None) | Err(RpcError::Store(_)) => return Ok(None),
                 Err(e) => return Err(e),
-            };
-            match split_u64s(&p, 1) {
-                Ok((v, d)) if v[0] == basis.want(0, j) && d.len() == c as usize => {
-                    out[j * c as usize..(j + 1) * c as usize].copy_from_slice(d);
-                }
-                _ => return Ok(None),
             }
         }
         Ok(Some(out))
+    }
+
+    /// Stripe `s`'s chunks of data fragments `frags`, each at its version in `basis`
+    /// (that one stripe), straight from their targets: per fragment its chunk, or
+    /// `None` if the target answered without it (another version, a short answer).
+    #[allow(clippy::too_many_arguments)]
+    async fn chunks_at(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        ts: &[Target],
+        s: u64,
+        basis: &Basis,
+        frags: &[usize],
+    ) -> Vec<Rpc<Option<Vec<u8>>>> {
+        join_all(frags.iter().map(|&j| {
+            let want = basis.want(0, j);
+            let wants = collie_net::peer::encode_oids(&[want]);
+            async move {
+                let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
+                call.payload = &wants;
+                let p = self.ec_data(epoch, ts[j], &call).await?;
+                Ok(match split_u64s(&p, 1) {
+                    Ok((v, x)) if v[0] == want && x.len() == lay.chunk() => Some(x.to_vec()),
+                    _ => None,
+                })
+            }
+        }))
+        .await
     }
 
     /// Writes stripes `s0..` of every fragment to its target, in parallel.
