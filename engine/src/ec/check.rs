@@ -127,7 +127,7 @@ impl Gateway {
                         .is_some_and(|e| e.ents[i].newest() > keep.want(i, j))
             });
             if *renew {
-                let w = next_version(epoch);
+                let w = next_version(epoch)?;
                 basis.set(i, &Basis::uniform(d, vec![w]));
             }
         }

@@ -84,7 +84,8 @@ thread_local! {
     /// target holds exactly these, each as its newest (`w` 0: not known). Only the
     /// primary writes, so they stay true until the epoch changes or a write fails.
     static KNOWN: RefCell<HashMap<u64, (u32, Basis)>> = RefCell::new(HashMap::new());
-    static COUNTER: Cell<u32> = const { Cell::new(0) };
+    /// The epoch versions are being assigned in, and the last counter given out in it.
+    static COUNTER: Cell<(u32, u32)> = const { Cell::new((0, 0)) };
 }
 
 pub(super) fn known(oid: u64, epoch: u32, lay: &Layout, s0: u64, n: u64) -> Option<Basis> {
@@ -123,12 +124,33 @@ pub(super) fn forget(oid: u64) {
     KNOWN.with(|k| k.borrow_mut().remove(&oid));
 }
 
-pub(super) fn next_version(epoch: u32) -> u64 {
-    let c = COUNTER.with(|c| {
-        c.set(c.get().wrapping_add(1));
-        c.get()
-    });
-    u64::from(epoch.max(1)) << 32 | u64::from(c)
+/// A new version for a write this shard orders at `epoch`: `epoch << 32 | counter`,
+/// the counter starting over when the epoch grows. A write that took its epoch before
+/// the shard moved to a newer one is sent round again (nothing of it was written yet),
+/// and once a counter is used up the shard refuses writes until the next epoch: a
+/// version that wrapped would look older than the ones before it.
+pub(super) fn next_version(epoch: u32) -> Rpc<u64> {
+    let epoch = epoch.max(1);
+    let counter = COUNTER.with(|c| {
+        let (at, n) = c.get();
+        let next = match epoch.cmp(&at) {
+            std::cmp::Ordering::Greater => 1,
+            std::cmp::Ordering::Equal => n.checked_add(1).ok_or_else(|| {
+                RpcError::Store(StoreError::Invalid(format!(
+                    "the 2^32 write versions of epoch {epoch} on this shard are used up: \
+                     writes resume at the next epoch (a node joining or leaving)"
+                )))
+            })?,
+            std::cmp::Ordering::Less => {
+                return Err(RpcError::Retry(format!(
+                    "versions are given out at epoch {at} here, the write took {epoch}"
+                )))
+            }
+        };
+        c.set((epoch, next));
+        Ok(next)
+    })?;
+    Ok(u64::from(epoch) << 32 | u64::from(counter))
 }
 
 /// The states stripe `i` can be decoded in from `holders`, best first. Every slot
@@ -241,6 +263,19 @@ mod tests {
     /// A fragment whose slot `b` was written by a small write that left state `v`.
     fn small(frag: u8, a: u64, b: u64, v: [u64; 4]) -> Holder {
         holder(frag, (a, [a; 4]), (b, v))
+    }
+
+    #[test]
+    fn versions_grow_start_over_with_each_epoch_and_never_wrap() {
+        let a = next_version(7).unwrap();
+        let b = next_version(7).unwrap();
+        assert!(b > a);
+        let c = next_version(8).unwrap();
+        assert_eq!(c, 8 << 32 | 1);
+        assert!(matches!(next_version(7), Err(RpcError::Retry(_))));
+        COUNTER.with(|k| k.set((8, u32::MAX)));
+        assert!(matches!(next_version(8), Err(RpcError::Store(_))));
+        assert_eq!(next_version(9).unwrap(), 9 << 32 | 1);
     }
 
     #[test]

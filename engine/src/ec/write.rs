@@ -261,7 +261,7 @@ impl Gateway {
                 Some(Cow::Owned(buf))
             }
         };
-        let nv = next_version(epoch);
+        let nv = next_version(epoch)?;
         let versions = vec![nv; n as usize];
         let payloads = fragment_payloads(lay, &versions, &basis, stripes.as_deref(), ts.len())?;
         let zeros = stripes.is_none();
@@ -321,7 +321,7 @@ impl Gateway {
         let diff: Vec<u8> = old.iter().zip(&new).map(|(a, b)| a ^ b).collect();
         let refs: Vec<&[u8]> = diff.chunks(c).collect();
         let deltas = with_codec(lay, |cd| cd.encode(&refs)).map_err(codec_error)?;
-        let w = next_version(epoch);
+        let w = next_version(epoch)?;
         let mut v = basis.vector(0).to_vec();
         for &j in &touched {
             v[j] = w;
