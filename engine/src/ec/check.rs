@@ -68,7 +68,8 @@ impl Gateway {
     /// The primary's check of a whole object: every stripe's newest decodable state,
     /// re-encoded, compared with what each target holds; with `repair`, targets that
     /// differ get that state written (same versions: nothing newer is invented, except
-    /// for parity of a stripe no parity state decoded: a new parity version).
+    /// for a stripe where a cut-short write left a data target a newer chunk: it is
+    /// rewritten whole at a new version).
     pub(crate) async fn primary_check(
         &self,
         oid: u64,

@@ -11,11 +11,12 @@
 //! `epoch << 32 | counter`: only the primary (target 0) assigns them, at most one node
 //! is the primary of an object in an epoch, and epochs only grow, so a newer write
 //! always has a larger version. A data fragment's slot carries the version of the write
-//! that last changed that chunk; a parity fragment's slot carries the version `w` of
-//! the write that made it and the vector `V` of data versions it encodes (all `w` after
-//! a whole-stripe write; a small write changes one data chunk and XORs the difference
-//! into each parity, docs/erasure.md). A reader that finds fragments at
-//! different versions decodes the newest `(w, V)` that at least `D` fragments hold,
+//! that last changed that chunk, a parity fragment's slot the version `w` of the write
+//! that made it; every slot also records the state `V` that write left the stripe in,
+//! the version of each data fragment (all `w` after a whole-stripe write; a small write
+//! changes one data chunk and XORs the difference into each parity, docs/erasure.md).
+//! A reader that finds fragments at different versions decodes the newest recorded
+//! `(w, V)` that at least `D` fragments hold,
 //! never a mix; a stripe's blocks that a write did not touch are the same in both
 //! states, so they never change. A slot whose chunk (and vector) fails its CRC32C (a
 //! write torn by a crash, bit rot) is skipped as if it were absent.
@@ -87,8 +88,8 @@ const SLOT_MIXED: u32 = 2;
 const SLOT_STATELESS: u32 = 4;
 /// Objects whose stripe versions a primary remembers, per shard (~10 KiB each for 4:2).
 const CACHED_OBJECTS: usize = 2048;
-/// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2 data
-/// fragments, 24 KiB for parity ones).
+/// Fragment headers a holder keeps in memory, per shard (8 KiB each for 4:2, 24 KiB
+/// once a small write left a mixed state in it).
 const CACHED_HEADERS: usize = 2048;
 
 /// One slot of a stripe's header entry on a holder.
@@ -152,8 +153,8 @@ fn slot_crc(vector: Option<&[u64]>, chunk: &[u8]) -> u32 {
 
 /// How an erasure-coded VDI's objects are cut, and where a holder keeps a fragment: a
 /// header of one [`StripeEntry`] per stripe (4 KiB aligned), two slots of a whole
-/// fragment each, then (used by parity fragments) the vector area: per slot and stripe
-/// the D data versions a mixed slot encodes.
+/// fragment each, then the vector area: per slot and stripe the D data versions of the
+/// state a mixed slot records.
 #[derive(Clone, Copy, Debug)]
 pub struct Layout {
     pub geo: Geometry,

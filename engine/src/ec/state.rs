@@ -21,8 +21,8 @@ impl Holder {
 
 /// The state of a run of stripes a read decodes or a write builds on: for stripe `i`,
 /// the parity fragments at version `w[i]` encode data fragment `j` at `v[i * D + j]`
-/// (every data version is `w[i]` after a whole-stripe write). `w[i] == 0`: no parity
-/// state is known to decode; the data fragments are read as they are.
+/// (every data version is `w[i]` after a whole-stripe write). `w[i] == 0` only in the
+/// primary's memory ([`known`]): that stripe's state is not known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(super) struct Basis {
     pub(super) d: usize,
