@@ -99,9 +99,8 @@ impl Gateway {
         r.objects = 1;
         r.stripes = n;
         r.unplaced = (lay.width() - ts.len()) as u64 * n;
-        r.lost = (0..n as usize)
-            .filter(|&i| decodable(&holders, i, lay.data()).is_none())
-            .count() as u64;
+        let cands = candidates_all(&holders, n, lay.data());
+        r.lost = cands.iter().filter(|c| c.is_empty()).count() as u64;
         if r.lost > 0 {
             tracing::error!(
                 oid = format!("{oid:#018x}"),
@@ -110,7 +109,9 @@ impl Gateway {
             );
             return Ok(r);
         }
-        let (mut basis, bytes) = self.read_careful(epoch, oid, lay, &holders, 0, n).await?;
+        let (mut basis, bytes) = self
+            .read_careful(epoch, oid, lay, &holders, &cands, 0)
+            .await?;
         // What repair writes keeps the decoded state on every holder.
         let keep = basis.clone();
         // A stripe where a data target's newest chunk is newer than the decoded state
@@ -190,21 +191,23 @@ impl Gateway {
                     k += 1;
                 }
                 let run = basis.slice(i, k);
-                let mut p = collie_net::peer::encode_oids(&run.of_fragment(j));
-                p.extend_from_slice(&collie_net::peer::encode_oids(
-                    &keep.slice(i, k).of_fragment(j),
-                ));
                 // The state each stripe is in. A data chunk not changed by the write
                 // that made the state is rewritten at its own, older version, whose
                 // state is not known here: it records none.
+                let mut states = Vec::with_capacity(run.len() * d);
                 for x in 0..run.len() {
                     if lay.is_parity(j) || run.want(x, j) == run.w[x] {
-                        p.extend_from_slice(&collie_net::peer::encode_oids(run.vector(x)));
+                        states.extend_from_slice(run.vector(x));
                     } else {
-                        p.extend_from_slice(&[0u8; 8].repeat(d));
+                        states.extend(std::iter::repeat_n(0, d));
                     }
                 }
-                p.extend_from_slice(&expect[j][i * c..k * c]);
+                let p = frag_payload(
+                    &run.of_fragment(j),
+                    &keep.slice(i, k).of_fragment(j),
+                    &states,
+                    &expect[j][i * c..k * c],
+                );
                 let mut call = self.ec_call(
                     Op::FragWrite,
                     fragment_oid(oid, j as u8),

@@ -285,6 +285,18 @@ fn codec_error(e: collie_placement::erasure::CodecError) -> StoreError {
     StoreError::io("erasure code", std::io::Error::other(e.to_string()))
 }
 
+/// A frag-write or frag-delta payload (docs/wire-peer.md): the stripes' new versions,
+/// their kept versions, their states (D versions each), then the chunks.
+fn frag_payload(versions: &[u64], keeps: &[u64], states: &[u64], chunks: &[u8]) -> Vec<u8> {
+    let words = versions.len() + keeps.len() + states.len();
+    let mut p = Vec::with_capacity(8 * words + chunks.len());
+    for x in versions.iter().chain(keeps).chain(states) {
+        p.extend_from_slice(&x.to_le_bytes());
+    }
+    p.extend_from_slice(chunks);
+    p
+}
+
 fn dedup(mut v: Vec<u64>) -> Vec<u64> {
     v.dedup();
     v

@@ -27,7 +27,10 @@ impl Gateway {
             if holders.is_empty() {
                 return Err(StoreError::NotFound(oid).into());
             }
-            let (_, bytes) = self.read_careful(epoch, oid, lay, &holders, s0, n).await?;
+            let cands = candidates_all(&holders, n, lay.data());
+            let (_, bytes) = self
+                .read_careful(epoch, oid, lay, &holders, &cands, s0)
+                .await?;
             let at = (offset - s0 * lay.stripe_size()) as usize;
             Ok(bytes[at..at + len as usize].to_vec())
         })
@@ -140,32 +143,27 @@ impl Gateway {
         Ok(out)
     }
 
-    /// Stripes `s0..s0+n` in their best decodable states ([`candidates`]) and the
-    /// states they were read in. A state whose fragments do not all read back (a chunk
-    /// torn by a crash or rotten) gives way to the next candidate, stripe by stripe.
+    /// Stripes `s0..` (one per entry of `cands`, their candidate states from
+    /// `holders`) in their best decodable states, and the states they were read in. A
+    /// state whose fragments do not all read back (a chunk torn by a crash or rotten)
+    /// gives way to the next candidate, stripe by stripe.
     pub(super) async fn read_careful(
         &self,
         epoch: u32,
         oid: u64,
         lay: &Layout,
         holders: &[Holder],
+        cands: &Candidates,
         s0: u64,
-        n: u64,
     ) -> Rpc<(Basis, Vec<u8>)> {
         let d = lay.data();
-        let cands: Vec<Vec<(u64, Vec<u64>)>> =
-            (0..n as usize).map(|i| candidates(holders, i, d)).collect();
-        let mut first = Basis::empty(d);
-        for (i, c) in cands.iter().enumerate() {
-            let (w, v) = c.first().ok_or_else(|| unsettled(oid, s0 + i as u64))?;
-            first.push(*w, v);
-        }
+        let first = best(cands, oid, s0, d)?;
         let (mut bytes, got) = self
             .read_stripes_some(epoch, oid, lay, holders, s0, &first)
             .await?;
         let mut basis = first;
         let ss = lay.stripe_size() as usize;
-        for i in (0..n as usize).filter(|&i| !got[i]) {
+        for i in (0..cands.len()).filter(|&i| !got[i]) {
             let sub = stripe_holders(holders, i, d);
             let mut read = false;
             for (w, v) in cands[i].iter().skip(1) {

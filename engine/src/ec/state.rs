@@ -194,11 +194,6 @@ pub(super) fn candidates(holders: &[Holder], i: usize, d: usize) -> Vec<(u64, Ve
     out
 }
 
-/// The best state stripe `i` decodes in ([`candidates`]).
-pub(super) fn decodable(holders: &[Holder], i: usize, d: usize) -> Option<(u64, Vec<u64>)> {
-    candidates(holders, i, d).into_iter().next()
-}
-
 /// Holders as seen for stripe `i` of the run they were probed for alone.
 pub(super) fn stripe_holders(holders: &[Holder], i: usize, d: usize) -> Vec<Holder> {
     holders
@@ -218,19 +213,19 @@ pub(super) fn stripe_holders(holders: &[Holder], i: usize, d: usize) -> Vec<Hold
         .collect()
 }
 
-/// Every stripe's newest decodable state ([`decodable`]).
-pub(super) fn decodable_all(
-    holders: &[Holder],
-    oid: u64,
-    lay: &Layout,
-    s0: u64,
-    n: u64,
-) -> Rpc<Basis> {
-    let mut b = Basis::empty(lay.data());
-    for i in 0..n as usize {
-        let (w, v) =
-            decodable(holders, i, lay.data()).ok_or_else(|| unsettled(oid, s0 + i as u64))?;
-        b.push(w, &v);
+/// Each of `n` stripes' candidate states ([`candidates`]).
+pub(super) type Candidates = Vec<Vec<(u64, Vec<u64>)>>;
+
+pub(super) fn candidates_all(holders: &[Holder], n: u64, d: usize) -> Candidates {
+    (0..n as usize).map(|i| candidates(holders, i, d)).collect()
+}
+
+/// Every stripe's best candidate (stripes `s0..`); [`unsettled`] for one with none.
+pub(super) fn best(cands: &Candidates, oid: u64, s0: u64, d: usize) -> Rpc<Basis> {
+    let mut b = Basis::empty(d);
+    for (i, c) in cands.iter().enumerate() {
+        let (w, v) = c.first().ok_or_else(|| unsettled(oid, s0 + i as u64))?;
+        b.push(*w, v);
     }
     Ok(b)
 }
@@ -238,6 +233,11 @@ pub(super) fn decodable_all(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The best state stripe `i` decodes in.
+    fn decodable(holders: &[Holder], i: usize, d: usize) -> Option<(u64, Vec<u64>)> {
+        candidates(holders, i, d).into_iter().next()
+    }
 
     /// A holder of fragment `frag` of a 4:2 object with slots `a` and `b`: each a
     /// version and the state its write left (zeros: none recorded).

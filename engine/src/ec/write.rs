@@ -203,8 +203,10 @@ impl Gateway {
                             "small write falls back to a whole stripe: {e}"
                         );
                         forget(oid);
-                        holders = self.gather(epoch, oid, lay, s0, n).await?;
-                        basis = decodable_all(&holders, oid, lay, s0, n)?;
+                        (basis, holders) = self
+                            .careful_basis(epoch, oid, lay, s0, n)
+                            .await?
+                            .ok_or_else(|| unsettled(oid, s0))?;
                     }
                     Err(e) => return Err(e),
                 }
@@ -248,8 +250,9 @@ impl Gateway {
                             }
                         } else {
                             // The state actually read is the one the write keeps.
+                            let cands = candidates_all(&sub, 1, lay.data());
                             let (state, old) =
-                                self.read_careful(epoch, oid, lay, &sub, s, 1).await?;
+                                self.read_careful(epoch, oid, lay, &sub, &cands, s).await?;
                             basis.set(i, &state);
                             old
                         };
@@ -298,8 +301,7 @@ impl Gateway {
     ) -> Rpc<Basis> {
         let (c, d) = (lay.chunk(), lay.data());
         let pieces: Vec<_> = lay.geo.pieces(offset, bytes.len() as u64).collect();
-        let touched = dedup(pieces.iter().map(|p| u64::from(p.fragment)).collect());
-        let touched: Vec<usize> = touched.into_iter().map(|j| j as usize).collect();
+        let touched = touched(&pieces);
         // Old and new bytes of the data chunks (untouched ones stay zero in both, so
         // their difference is zero).
         let mut old = vec![0u8; d * c];
@@ -328,15 +330,11 @@ impl Gateway {
         }
         let mut sends: Vec<(usize, Op, Vec<u8>)> = Vec::new();
         for &j in &touched {
-            let mut p = collie_net::peer::encode_oids(&[w, basis.want(0, j)]);
-            p.extend_from_slice(&collie_net::peer::encode_oids(&v));
-            p.extend_from_slice(&new[j * c..(j + 1) * c]);
+            let p = frag_payload(&[w], &[basis.want(0, j)], &v, &new[j * c..(j + 1) * c]);
             sends.push((j, Op::FragWrite, p));
         }
         for (i, delta) in deltas.iter().enumerate() {
-            let mut p = collie_net::peer::encode_oids(&[w, basis.w[0]]);
-            p.extend_from_slice(&collie_net::peer::encode_oids(&v));
-            p.extend_from_slice(delta);
+            let p = frag_payload(&[w], &[basis.w[0]], &v, delta);
             sends.push((d + i, Op::FragDelta, p));
         }
         let done = join_all(sends.iter().map(|(j, op, p)| {
@@ -471,11 +469,29 @@ impl Gateway {
             remember(oid, epoch, lay, s0, &b);
             return Ok(Some((b, Vec::new())));
         }
+        self.careful_basis(epoch, oid, lay, s0, n).await
+    }
+
+    /// [`Gateway::basis`] from every member's fragments: each stripe's best state and
+    /// the holders it was found on; `None` if no member has a fragment.
+    async fn careful_basis(
+        &self,
+        epoch: u32,
+        oid: u64,
+        lay: &Layout,
+        s0: u64,
+        n: u64,
+    ) -> Rpc<Option<(Basis, Vec<Holder>)>> {
         let holders = self.gather(epoch, oid, lay, s0, n).await?;
         if holders.is_empty() {
             return Ok(None);
         }
-        let basis = decodable_all(&holders, oid, lay, s0, n)?;
+        let basis = best(
+            &candidates_all(&holders, n, lay.data()),
+            oid,
+            s0,
+            lay.data(),
+        )?;
         Ok(Some((basis, holders)))
     }
 }
@@ -487,10 +503,17 @@ impl Gateway {
 fn delta_pays(lay: &Layout, offset: u64, len: u64) -> bool {
     let c = lay.geo.chunk();
     let pieces: Vec<_> = lay.geo.pieces(offset, len).collect();
-    let touched = dedup(pieces.iter().map(|p| u64::from(p.fragment)).collect()).len();
+    let touched = touched(&pieces).len();
     let whole = pieces.iter().filter(|p| p.len == c).count();
     let (d, p) = (lay.data(), lay.width() - lay.data());
     2 * touched + 2 * p < (d - whole) + d + p
+}
+
+/// The data fragments `pieces` (of one stripe, in object order) change, in order.
+fn touched(pieces: &[collie_placement::erasure::FragmentPiece]) -> Vec<usize> {
+    let mut t: Vec<usize> = pieces.iter().map(|p| p.fragment as usize).collect();
+    t.dedup();
+    t
 }
 
 /// The FragWrite payload of each of the first `targets` fragments: new versions, the
@@ -505,15 +528,9 @@ fn fragment_payloads(
     targets: usize,
 ) -> Result<Vec<Vec<u8>>> {
     let d = lay.data();
-    let head = |j: usize| {
-        let mut h = collie_net::peer::encode_oids(versions);
-        h.extend_from_slice(&collie_net::peer::encode_oids(&keeps.of_fragment(j)));
-        // A whole-stripe write: every data fragment at the new version.
-        for v in versions {
-            h.extend(std::iter::repeat_n(v.to_le_bytes(), d).flatten());
-        }
-        h
-    };
+    // A whole-stripe write: every data fragment at the new version.
+    let states = Basis::uniform(d, versions.to_vec()).v;
+    let head = |j: usize| frag_payload(versions, &keeps.of_fragment(j), &states, &[]);
     let Some(bytes) = stripes else {
         return Ok((0..targets).map(head).collect());
     };
