@@ -94,9 +94,13 @@ read -r SPAN WROTE <<<"$span_out"
 IFS=, read -r -a WROTE_VDIS <<<"${WROTE/#-/}"
 if [ "$SPAN" -gt 0 ]; then
     say "$SEQ_WRITE wrote the first $((SPAN / MIB)) MiB of the span on ${WROTE_VDIS[*]}: ${AFTER[*]} run over it there"
+    # The disk's read counter around each job: a small write on ec42 reads what it
+    # keeps (docs/erasure.md, Performance), three copies read nothing.
     for j in "${AFTER[@]}"; do
         for v in "${WROTE_VDIS[@]}"; do
+            before=$(disk_reads "$DIR")
             run_fio "$j" "$v" nbd "uri=nbd://127.0.0.1:$NBD_PORT/$v" "$SPAN" "$RUNTIME" || true
+            echo $(($(disk_reads "$DIR") - before)) >"$WORK/$j.$v.reads"
         done
     done
 else
@@ -120,6 +124,7 @@ WHAT = {
     "randwrite-4k-qd32": ("4 KiB random writes, QD 32", "write", "iops", 0.5),
 }
 UNIT = {"mib_s": "MiB/s", "iops": "IOPS"}
+RANDWRITE = "randwrite-4k-qd32"   # its disk reads per write are printed
 
 def load(job, vdi):
     """The figures of one run; "n/a" if it did not run (no ec42, or nothing written on
@@ -179,6 +184,15 @@ for vdi, _ in VDIS:
         per = f", {disk / f['bytes']:.2f} bytes to the disk per byte" if disk and f["bytes"] else ""
         print(f"{seq} wrote {f['bytes'] / 2**30:.2f} GiB to {vdi}: "
               f"{span_written(f, size_bytes) / size_bytes:.0%} of the {size} span{per}")
+for vdi, _ in VDIS:
+    f = load(RANDWRITE, vdi) if RANDWRITE in after else None
+    if isinstance(f, dict) and f["ops"]:
+        try:
+            reads = int(open(f"{work}/{RANDWRITE}.{vdi}.reads").read())
+        except (OSError, ValueError):
+            continue
+        print(f"{RANDWRITE} on {vdi}: {reads / f['ops']:.2f} disk reads per write "
+              "(the whole disk's counter, every sheep)")
 if span:
     print(f"{', '.join(after)} ran on {' and '.join(wrote)} over the first {span // 2**20} MiB "
           f"({span / size_bytes:.0%} of the span),")

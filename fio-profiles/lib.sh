@@ -105,6 +105,14 @@ disk_written() {
     awk '{ printf "%.0f\n", $7 * 512 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
 }
 
+# disk_reads PATH: prints the read requests completed so far by the block device PATH is
+# on (its reads counter in /sys), or 0 if that cannot be read.
+disk_reads() {
+    local dev
+    dev=$(basename "$(df --output=source "$1" | tail -1)")
+    awk '{ print $1 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
+}
+
 # need COMMAND PACKAGE: returns once COMMAND exists, installing PACKAGE with apt-get (as
 # root) when it is missing; dies if it cannot.
 need() {

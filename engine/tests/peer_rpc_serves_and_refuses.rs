@@ -421,3 +421,67 @@ fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
     // (A restarted holder does not answer "newest" until recovery says it is current.)
     assert_eq!(read(&mut s, v10), (v10, chunk(1)));
 }
+
+#[test]
+fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says() {
+    use collie_net::peer::FLAG_RECENT;
+    use collie_placement::ids::{fragment_oid, Vid};
+    let dir = test_dir("peer-recent");
+    let (store, addrs) = serving(dir.path());
+    let oid = Vid::of_name("ec").data_oid(7);
+    let parity = fragment_oid(oid, 4);
+    let mut s = connect_owner(&store, &addrs, parity);
+    let chunk = |seed: u64| pattern(seed, 4096);
+    let (v10, v11) = (10u64 << 32, 11u64 << 32);
+    // FragRead of stripe 0 at `want`, as a write's read-back (FLAG_RECENT) or not.
+    let read = |s: &mut TcpStream, want: u64, recent: bool| {
+        let mut h = frag_request(Op::FragRead, parity, 0, 1);
+        if recent {
+            h.flags |= FLAG_RECENT;
+        }
+        let (r, p) = call(s, h, &u64s(&[want]));
+        assert_eq!(r.status, status::OK);
+        (
+            u64::from_le_bytes(p[..8].try_into().unwrap()),
+            p[8..].to_vec(),
+        )
+    };
+    // A single-stripe write at v10 (a new object: v10 takes slot 1), then its chunk
+    // rots on the disk.
+    let mut p = u64s(&[v10, 1]);
+    p.extend(u64s(&[v10; 4]));
+    p.extend(chunk(1));
+    let mut h = frag_request(Op::FragWrite, parity, 0, 1);
+    h.flags |= collie_net::peer::FLAG_CREATE;
+    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    let mut h = request(Op::Write, parity, HEADER + (1 << 20), 4096);
+    h.object_size = FRAGMENT_OBJECT;
+    assert_eq!(call(&mut s, h, &chunk(9)).0.status, status::OK);
+    // Reads that are not a write's read-back go to the disk, so rot is still seen
+    // (and dog vdi check repairs it); a write's read-back gets the chunk it wrote.
+    assert_eq!(read(&mut s, v10, false).0, 0, "rot must be seen by readers");
+    assert_eq!(read(&mut s, v10, true), (v10, chunk(1)));
+    // A delta builds on that chunk too.
+    let mut p = u64s(&[v11, v10]);
+    p.extend(u64s(&[v10, v11, v10, v10]));
+    p.extend(chunk(2));
+    let h = frag_request(Op::FragDelta, parity, 0, 1);
+    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    let xor: Vec<u8> = chunk(1).iter().zip(chunk(2)).map(|(a, b)| a ^ b).collect();
+    assert_eq!(read(&mut s, v11, false), (v11, xor.clone()));
+
+    // The object is removed and made again with other bytes at v11 (a whole write of
+    // two stripes): what memory still holds for v11 is not the slot's chunk, so it is
+    // not an answer.
+    let h = frag_request(Op::FragRemove, oid, 0, 0);
+    assert_eq!(call(&mut s, h, &[]).0.status, status::OK);
+    let mut p = u64s(&[v11, v11, 1, 1]);
+    p.extend(u64s(&[v11; 8]));
+    p.extend(chunk(3));
+    p.extend(chunk(4));
+    let mut h = frag_request(Op::FragWrite, parity, 0, 2);
+    h.flags |= collie_net::peer::FLAG_CREATE;
+    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    assert_eq!(read(&mut s, v11, true), (v11, chunk(3)));
+    assert_eq!(read(&mut s, v11, false), (v11, chunk(3)));
+}

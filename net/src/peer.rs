@@ -76,6 +76,10 @@ pub const FLAG_CREATE: u8 = 4;
 pub const FLAG_ZEROS: u8 = 8;
 /// Flag in EcCheck requests: rewrite what is missing or wrong.
 pub const FLAG_REPAIR: u8 = 16;
+/// Flag in FragRead requests (the same bit as `FLAG_REPAIR`, which only EcCheck takes):
+/// a write's read-back of a single stripe, which the holder may answer from the
+/// chunks its last writes left in memory instead of the disk.
+pub const FLAG_RECENT: u8 = 16;
 /// Flag of requests recovery sends: Stat, Read and Extents answer from the copy as it
 /// is, without first bringing it up to date (which would ask the sender back); an
 /// EcCheck is skipped if the primary already completed one at this epoch.

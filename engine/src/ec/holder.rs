@@ -1,5 +1,6 @@
 //! The holder side: fragments in the store, their headers, and the fragment ops.
 
+use super::recent::{Recent, RECENT_BYTES};
 use super::*;
 use crate::held::{Counts, Held};
 use std::collections::BTreeMap;
@@ -318,13 +319,27 @@ async fn frag_write(sh: &Shard, key: u64, lay: &Layout, s0: u64, w: &FragWrite<'
             dst.copy_from_slice(state(i));
         }
     }
+    // The next small write of this stripe keeps what this one wrote (a whole run of
+    // stripes is a large write, which reads nothing back).
+    if let (1, Some(chunk)) = (n, w.data) {
+        RECENT.with(|r| r.borrow_mut().put(key, s0, w.versions[0], chunk));
+    }
     Ok(())
 }
 
 /// Reads stripes `s0..` of fragment `key`: for each, the version `wants[i]` names (or
 /// the newest one, or none for [`SKIP`]). Answers the versions found (0: none valid),
-/// then the chunks (zeros where none): the FragRead reply.
-async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -> Result<Vec<u8>> {
+/// then the chunks (zeros where none): the FragRead reply. `recent`: a single stripe
+/// may come from what this shard's last write of it left in memory ([`Recent`]),
+/// checked against the slot's CRC like a chunk from the disk.
+async fn frag_read(
+    sh: &Shard,
+    key: u64,
+    lay: &Layout,
+    s0: u64,
+    wants: &[u64],
+    recent: bool,
+) -> Result<Vec<u8>> {
     let n = wants.len();
     lay.check_stripes(s0, n as u64)?;
     let held = entries(sh, key, lay, s0, n as u64)
@@ -352,6 +367,20 @@ async fn frag_read(sh: &Shard, key: u64, lay: &Layout, s0: u64, wants: &[u64]) -
         })
         .collect();
     let has_data = |i: usize, k: usize| ents[i].slots[k].flags & SLOT_ZEROS == 0;
+    if let (true, 1, Some(slot)) = (recent, n, slots[0]) {
+        let s = &ents[0].slots[slot];
+        if has_data(0, slot) {
+            let hit = RECENT.with(|r| {
+                let r = r.borrow();
+                r.get(key, s0, s.version)
+                    .filter(|chunk| crc_of(0, slot, chunk) == s.crc)
+                    .map(|chunk| [&s.version.to_le_bytes()[..], chunk].concat())
+            });
+            if let Some(reply) = hit {
+                return Ok(reply);
+            }
+        }
+    }
     // The common case: every stripe's slot is one slot holding data, one read, every
     // CRC good. The reply is built around the store's buffer with one copy.
     if let Some(slot) = slots[0] {
@@ -449,7 +478,7 @@ async fn frag_delta(
             "fragment delta: bad lengths or versions".into(),
         ));
     }
-    let old = frag_read(sh, key, lay, s0, w.keeps).await?;
+    let old = frag_read(sh, key, lay, s0, w.keeps, true).await?;
     let (found, chunks) =
         split_u64s(&old, w.keeps.len()).map_err(|e| StoreError::Invalid(e.to_string()))?;
     if found != w.keeps {
@@ -611,7 +640,8 @@ pub async fn serve(sh: &Rc<Shard>, c: &Call<'_>) -> Rpc<Vec<u8>> {
             if wants.contains(&NEWEST) && !crate::recovery::fragment_current(key, lay.width()) {
                 return Err(StoreError::NotFound(key).into());
             }
-            Ok(frag_read(sh, key, &lay, c.offset, &wants).await?)
+            let recent = c.flags & FLAG_RECENT != 0;
+            Ok(frag_read(sh, key, &lay, c.offset, &wants, recent).await?)
         }
         Op::FragProbe => {
             let (oid, _) = (data_oid(c.oid)?, stripes()?);
@@ -663,6 +693,8 @@ thread_local! {
     static HEADERS: RefCell<HashMap<u64, Header>> = RefCell::new(HashMap::new());
     /// Fragments with writes in flight, and how many.
     static WRITING: Counts<u64> = const { RefCell::new(BTreeMap::new()) };
+    /// Chunks this shard's single-stripe writes just wrote.
+    static RECENT: RefCell<Recent> = RefCell::new(Recent::new(RECENT_BYTES));
 }
 
 #[cfg(test)]

@@ -30,13 +30,15 @@
 //! above and decode.
 //!
 //! Here: the layout and slot format. `holder`: fragments in a holder's store and the
-//! fragment ops it serves. `state`: stripe states, which one a reader decodes, and
+//! fragment ops it serves; `recent`: the chunks its small writes just wrote, which the
+//! next small write of the stripe reads back. `state`: stripe states, which one a reader decodes, and
 //! what a primary remembers of its targets. `read`, `write`, `check`: the gateway and
 //! primary paths.
 
 mod check;
 mod holder;
 mod read;
+mod recent;
 mod state;
 mod write;
 
@@ -54,7 +56,7 @@ use crate::shard::{Reply, Shard};
 use bytemuck::{Pod, Zeroable};
 use collie_net::admin::CheckReport;
 use collie_net::peer::{
-    split_u64s, Op, FLAG_CREATE, FLAG_RECOVERY, FLAG_REPAIR, FLAG_ZEROS, MAX_PAYLOAD,
+    split_u64s, Op, FLAG_CREATE, FLAG_RECENT, FLAG_RECOVERY, FLAG_REPAIR, FLAG_ZEROS, MAX_PAYLOAD,
 };
 use collie_placement::erasure::{Codec, Geometry, DEFAULT_CHUNK};
 use collie_placement::ids::{fragment_oid, object_kind, ObjectKind};

@@ -409,6 +409,7 @@ impl Gateway {
             async move {
                 let mut call = self.ec_call(Op::FragRead, fragment_oid(oid, j as u8), lay, s, 1);
                 call.payload = &wants;
+                call.flags |= FLAG_RECENT;
                 let p = self.ec_data(epoch, ts[j], &call).await?;
                 Ok(match split_u64s(&p, 1) {
                     Ok((v, x)) if v[0] == want && x.len() == lay.chunk() => Some(x.to_vec()),
