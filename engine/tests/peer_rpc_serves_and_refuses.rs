@@ -200,6 +200,19 @@ fn connect_owner(store: &Store, addrs: &[SocketAddr], key: u64) -> TcpStream {
     connect(addrs[owner_of(partition_of(key, store.partition_count()), addrs.len())])
 }
 
+/// FragRead of stripe `stripe` of fragment `key` at `want` (0: newest), with `flags`:
+/// (the version found, 0 if none valid; the chunk).
+fn frag_read(s: &mut TcpStream, key: u64, stripe: u64, want: u64, flags: u8) -> (u64, Vec<u8>) {
+    let mut h = frag_request(Op::FragRead, key, stripe, 1);
+    h.flags |= flags;
+    let (r, p) = call(s, h, &u64s(&[want]));
+    assert_eq!(r.status, status::OK);
+    (
+        u64::from_le_bytes(p[..8].try_into().unwrap()),
+        p[8..].to_vec(),
+    )
+}
+
 #[test]
 fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     use collie_engine::shard::{owner_of, partition_of};
@@ -230,21 +243,12 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
         }
         call(s, h, &p).0.status
     };
-    // FragRead of stripe 0 at `want` (0: newest): (version found, chunk).
-    let read = |s: &mut TcpStream, want: u64| {
-        let (r, p) = call(s, frag_request(Op::FragRead, key, 0, 1), &u64s(&[want]));
-        assert_eq!(r.status, status::OK);
-        (
-            u64::from_le_bytes(p[..8].try_into().unwrap()),
-            p[8..].to_vec(),
-        )
-    };
     let (v10, v11) = (10u64 << 32, 11u64 << 32);
     assert_eq!(write(&mut s, v10, 1, 100, true), status::OK);
     assert_eq!(write(&mut s, v11, v10, 200, false), status::OK);
-    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+    assert_eq!(frag_read(&mut s, key, 0, 0, 0), (v11, chunk(200)));
     // The version the second write built on is still there.
-    assert_eq!(read(&mut s, v10), (v10, chunk(100)));
+    assert_eq!(frag_read(&mut s, key, 0, v10, 0), (v10, chunk(100)));
     // A stripe nobody wrote after creation reads as zeros at the initial version.
     let (r, p) = call(&mut s, frag_request(Op::FragRead, key, 7, 1), &u64s(&[0]));
     assert_eq!(r.status, status::OK);
@@ -257,8 +261,12 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     let mut h = request(Op::Write, key, HEADER + (1 << 20), 4096);
     h.object_size = FRAGMENT_OBJECT;
     assert_eq!(call(&mut s, h, &chunk(300)).0.status, status::OK);
-    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
-    assert_eq!(read(&mut s, v10).0, 0, "a torn slot must not read as v10");
+    assert_eq!(frag_read(&mut s, key, 0, 0, 0), (v11, chunk(200)));
+    assert_eq!(
+        frag_read(&mut s, key, 0, v10, 0).0,
+        0,
+        "a torn slot must not read as v10"
+    );
 
     // Bad requests: refused, and the connection goes on serving.
     let bad = |s: &mut TcpStream, h: PeerHeader, p: &[u8]| {
@@ -314,24 +322,16 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     let (r, msg) = call(&mut s, h, &chunk(1));
     assert_eq!(r.status, status::INVALID);
     assert!(String::from_utf8_lossy(&msg).contains("zones"), "{msg:?}");
-    assert_eq!(read(&mut s, 0), (v11, chunk(200)));
+    assert_eq!(frag_read(&mut s, key, 0, 0, 0), (v11, chunk(200)));
 
     // Stripe 1's newest chunk rots (v11, slot 0) while v10 is intact: "newest" finds
     // nothing valid rather than v10, which a fast reader would take for current bytes.
     let mut h = request(Op::Write, key, HEADER + 4096, 4096);
     h.object_size = FRAGMENT_OBJECT;
     assert_eq!(call(&mut s, h, &chunk(400)).0.status, status::OK);
-    let read1 = |s: &mut TcpStream, want: u64| {
-        let (r, p) = call(s, frag_request(Op::FragRead, key, 1, 1), &u64s(&[want]));
-        assert_eq!(r.status, status::OK);
-        (
-            u64::from_le_bytes(p[..8].try_into().unwrap()),
-            p[8..].to_vec(),
-        )
-    };
-    assert_eq!(read1(&mut s, v10), (v10, chunk(101)));
+    assert_eq!(frag_read(&mut s, key, 1, v10, 0), (v10, chunk(101)));
     assert_eq!(
-        read1(&mut s, 0).0,
+        frag_read(&mut s, key, 1, 0, 0).0,
         0,
         "a rotten newest chunk must not fall back"
     );
@@ -355,14 +355,6 @@ fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
     let mut h = frag_request(Op::FragWrite, parity, 0, 1);
     h.flags |= collie_net::peer::FLAG_CREATE;
     assert_eq!(call(&mut s, h, &p).0.status, status::OK);
-    let read = |s: &mut TcpStream, want: u64| {
-        let (r, p) = call(s, frag_request(Op::FragRead, parity, 0, 1), &u64s(&[want]));
-        assert_eq!(r.status, status::OK);
-        (
-            u64::from_le_bytes(p[..8].try_into().unwrap()),
-            p[8..].to_vec(),
-        )
-    };
     // A delta at v11 keeping v10, data fragment 1 now at v11: the parity becomes the
     // old parity XOR the delta; v10 stays readable.
     let delta = |keep: u64, version: u64, seed: u64| {
@@ -374,17 +366,17 @@ fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
     let h = frag_request(Op::FragDelta, parity, 0, 1);
     assert_eq!(call(&mut s, h, &delta(v10, v11, 2)).0.status, status::OK);
     let xor: Vec<u8> = chunk(1).iter().zip(chunk(2)).map(|(a, b)| a ^ b).collect();
-    assert_eq!(read(&mut s, 0), (v11, xor.clone()));
-    assert_eq!(read(&mut s, v10), (v10, chunk(1)));
+    assert_eq!(frag_read(&mut s, parity, 0, 0, 0), (v11, xor.clone()));
+    assert_eq!(frag_read(&mut s, parity, 0, v10, 0), (v10, chunk(1)));
     // A retry of the same delta gives the same bytes (it builds on v10 again).
     assert_eq!(call(&mut s, h, &delta(v10, v11, 2)).0.status, status::OK);
-    assert_eq!(read(&mut s, v11), (v11, xor.clone()));
+    assert_eq!(frag_read(&mut s, parity, 0, v11, 0), (v11, xor.clone()));
     // A kept version this holder does not have: NOT_FOUND, nothing changes.
     assert_eq!(
         call(&mut s, h, &delta(9 << 32, v12, 3)).0.status,
         status::NOT_FOUND
     );
-    assert_eq!(read(&mut s, 0), (v11, xor.clone()));
+    assert_eq!(frag_read(&mut s, parity, 0, 0, 0), (v11, xor.clone()));
     // Deltas go to parity fragments only, at a named kept version.
     let data = fragment_oid(oid, 1);
     let mut sd = connect_owner(&store, &addrs, data);
@@ -417,9 +409,13 @@ fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
     drop(store);
     let (store, addrs) = serving(dir.path());
     let mut s = connect_owner(&store, &addrs, parity);
-    assert_eq!(read(&mut s, v11).0, 0, "a torn vector must not read as v11");
+    assert_eq!(
+        frag_read(&mut s, parity, 0, v11, 0).0,
+        0,
+        "a torn vector must not read as v11"
+    );
     // (A restarted holder does not answer "newest" until recovery says it is current.)
-    assert_eq!(read(&mut s, v10), (v10, chunk(1)));
+    assert_eq!(frag_read(&mut s, parity, 0, v10, 0), (v10, chunk(1)));
 }
 
 #[test]
@@ -433,19 +429,6 @@ fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says(
     let mut s = connect_owner(&store, &addrs, parity);
     let chunk = |seed: u64| pattern(seed, 4096);
     let (v10, v11) = (10u64 << 32, 11u64 << 32);
-    // FragRead of stripe 0 at `want`, as a write's read-back (FLAG_RECENT) or not.
-    let read = |s: &mut TcpStream, want: u64, recent: bool| {
-        let mut h = frag_request(Op::FragRead, parity, 0, 1);
-        if recent {
-            h.flags |= FLAG_RECENT;
-        }
-        let (r, p) = call(s, h, &u64s(&[want]));
-        assert_eq!(r.status, status::OK);
-        (
-            u64::from_le_bytes(p[..8].try_into().unwrap()),
-            p[8..].to_vec(),
-        )
-    };
     // A single-stripe write at v10 (a new object: v10 takes slot 1), then its chunk
     // rots on the disk.
     let mut p = u64s(&[v10, 1]);
@@ -459,8 +442,15 @@ fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says(
     assert_eq!(call(&mut s, h, &chunk(9)).0.status, status::OK);
     // Reads that are not a write's read-back go to the disk, so rot is still seen
     // (and dog vdi check repairs it); a write's read-back gets the chunk it wrote.
-    assert_eq!(read(&mut s, v10, false).0, 0, "rot must be seen by readers");
-    assert_eq!(read(&mut s, v10, true), (v10, chunk(1)));
+    assert_eq!(
+        frag_read(&mut s, parity, 0, v10, 0).0,
+        0,
+        "rot must be seen by readers"
+    );
+    assert_eq!(
+        frag_read(&mut s, parity, 0, v10, FLAG_RECENT),
+        (v10, chunk(1))
+    );
     // A delta builds on that chunk too.
     let mut p = u64s(&[v11, v10]);
     p.extend(u64s(&[v10, v11, v10, v10]));
@@ -468,7 +458,7 @@ fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says(
     let h = frag_request(Op::FragDelta, parity, 0, 1);
     assert_eq!(call(&mut s, h, &p).0.status, status::OK);
     let xor: Vec<u8> = chunk(1).iter().zip(chunk(2)).map(|(a, b)| a ^ b).collect();
-    assert_eq!(read(&mut s, v11, false), (v11, xor.clone()));
+    assert_eq!(frag_read(&mut s, parity, 0, v11, 0), (v11, xor.clone()));
 
     // The object is removed and made again with other bytes at v11 (a whole write of
     // two stripes): what memory still holds for v11 is not the slot's chunk, so it is
@@ -482,6 +472,9 @@ fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says(
     let mut h = frag_request(Op::FragWrite, parity, 0, 2);
     h.flags |= collie_net::peer::FLAG_CREATE;
     assert_eq!(call(&mut s, h, &p).0.status, status::OK);
-    assert_eq!(read(&mut s, v11, true), (v11, chunk(3)));
-    assert_eq!(read(&mut s, v11, false), (v11, chunk(3)));
+    assert_eq!(
+        frag_read(&mut s, parity, 0, v11, FLAG_RECENT),
+        (v11, chunk(3))
+    );
+    assert_eq!(frag_read(&mut s, parity, 0, v11, 0), (v11, chunk(3)));
 }
