@@ -30,6 +30,12 @@ pub const PIPELINE_DEPTH: usize = 4;
 const PIPELINE_MIN_BYTES: u64 = 256 << 10;
 /// Records per batch, at most.
 const MAX_BATCH_RECORDS: usize = 1024;
+/// Compaction reads a victim segment's live extents in windows of at most this many
+/// bytes of the segment, one disk request each.
+const RELOCATE_WINDOW: u64 = 1 << 20;
+/// A live extent further than this past the window so far starts a new window (reading
+/// the dead bytes between would cost more than another request).
+const RELOCATE_GAP: u64 = 128 << 10;
 
 /// Version and epoch a writer attaches to a write, plus the object's fixed size.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -154,6 +160,16 @@ pub struct Partition {
     /// Serializes checkpoint writers (maintenance, close): an older snapshot must never be
     /// installed after a newer one.
     ckpt_lock: glommio::sync::Semaphore,
+}
+
+/// The segment bytes `[start, end)` that hold `len` bytes at `skip` of record `rec`:
+/// whole CRC32C chunks, so they can be checked (BLOCK-aligned, as payloads are).
+fn piece_span(rec: &RecordLoc, skip: u64, len: u64) -> (u64, u64) {
+    let c = CRC_CHUNK as u64;
+    (
+        rec.payload_pos + skip / c * c,
+        rec.payload_pos + (skip + len).div_ceil(c) * c,
+    )
 }
 
 fn seg_name(id: u64) -> String {
@@ -935,14 +951,30 @@ impl Partition {
         obj_off: u64,
         dst: &mut [u8],
     ) -> Result<()> {
-        let c0 = skip / CRC_CHUNK as u64;
-        let c1 = (skip + len).div_ceil(CRC_CHUNK as u64);
-        let start = rec.payload_pos + c0 * CRC_CHUNK as u64;
-        let size = ((c1 - c0) * CRC_CHUNK as u64) as usize;
+        let (start, end) = piece_span(&rec, skip, len);
         let data = file
-            .read_at_aligned(start, size)
+            .read_at_aligned(start, (end - start) as usize)
             .await
             .map_err(|e| from_glommio("reading segment", e))?;
+        self.check_piece(&data, &rec, skip, len, oid, obj_off, dst)
+    }
+
+    /// Checks the CRC32C chunks of `len` bytes at `skip` of record `rec`, given `data`:
+    /// the segment's bytes from the first of those chunks on (as [`piece_span`] says),
+    /// and copies the bytes into `dst`.
+    #[allow(clippy::too_many_arguments)]
+    fn check_piece(
+        &self,
+        data: &[u8],
+        rec: &RecordLoc,
+        skip: u64,
+        len: u64,
+        oid: u64,
+        obj_off: u64,
+        dst: &mut [u8],
+    ) -> Result<()> {
+        let c0 = skip / CRC_CHUNK as u64;
+        let c1 = (skip + len).div_ceil(CRC_CHUNK as u64);
         for c in c0..c1 {
             let chunk_len = (rec.len - c * CRC_CHUNK as u64).min(CRC_CHUNK as u64) as usize;
             let s = ((c - c0) * CRC_CHUNK as u64) as usize;
@@ -1158,9 +1190,13 @@ impl Partition {
         relocation_error.map_or(Ok(()), Err)
     }
 
-    /// Copies every live extent of `seg` to the log head as Relocate records.
+    /// Copies every live extent of `seg` to the log head as Relocate records. A segment
+    /// worth compacting is mostly dead and what lives in it is often small (4 KiB
+    /// writes, 32-byte fragment header entries), so extents are read in segment order,
+    /// many per disk request ([`RELOCATE_WINDOW`]), and a window's copies are queued
+    /// together so they share a batch of the log.
     async fn relocate_segment(self: &Rc<Self>, seg: u64) -> Result<()> {
-        let extents: Vec<(u64, u64, u64, Rc<RecordLoc>, u64)> = {
+        let mut extents: Vec<(u64, u64, u64, Rc<RecordLoc>, u64)> = {
             let st = self.st.borrow();
             st.index
                 .objects
@@ -1177,35 +1213,68 @@ impl Partition {
             Some(f) => f.clone(),
             None => return Ok(()),
         };
-        for (oid, start, len, rec, skip) in extents {
-            let mut data = vec![0u8; len as usize];
-            // A chunk that fails its CRC stays where it is (and keeps its segment alive):
-            // moving it would launder corrupt bytes into a fresh CRC.
-            if self
-                .read_piece(file.clone(), rec.clone(), skip, len, oid, start, &mut data)
-                .await
-                .is_err()
-            {
-                self.st.borrow_mut().stuck.insert(seg);
-                continue;
+        let span = |e: &(u64, u64, u64, Rc<RecordLoc>, u64)| piece_span(&e.3, e.4, e.2);
+        extents.sort_by_key(|e| span(e).0);
+        let mut i = 0;
+        while i < extents.len() {
+            // Extents i..j: each starts within RELOCATE_GAP of the window so far, and
+            // the window stays within RELOCATE_WINDOW (one extent may exceed it alone).
+            let (w0, mut w1) = span(&extents[i]);
+            let mut j = i + 1;
+            while let Some(e) = extents.get(j) {
+                let (a, b) = span(e);
+                if a > w1 + RELOCATE_GAP || b.max(w1) - w0 > RELOCATE_WINDOW {
+                    break;
+                }
+                w1 = w1.max(b);
+                j += 1;
             }
-            let Some(info) = self.stat(oid) else { continue };
-            let max = self.cfg.max_record();
-            for (i, chunk) in data.chunks(max as usize).enumerate() {
-                let h = RecordHeader {
-                    oid,
-                    offset: start + i as u64 * max,
-                    version: info.version,
-                    src_segment: rec.segment,
-                    src_payload_pos: rec.payload_pos,
-                    len: chunk.len() as u32,
-                    object_size: info.size as u32,
-                    epoch: info.epoch,
-                    kind: RecordKind::Relocate as u8,
-                    ..bytemuck::Zeroable::zeroed()
+            // A window the disk cannot read is read extent by extent, so that only
+            // the damaged ones stay behind.
+            let window = file.read_at_aligned(w0, (w1 - w0) as usize).await.ok();
+            let mut copies = Vec::new();
+            for (oid, start, len, rec, skip) in &extents[i..j] {
+                let (oid, start, len, skip) = (*oid, *start, *len, *skip);
+                let mut data = vec![0u8; len as usize];
+                let read = match &window {
+                    Some(w) => {
+                        let at = (piece_span(rec, skip, len).0 - w0) as usize;
+                        let bytes = w.get(at..).unwrap_or_default();
+                        self.check_piece(bytes, rec, skip, len, oid, start, &mut data)
+                    }
+                    None => {
+                        self.read_piece(file.clone(), rec.clone(), skip, len, oid, start, &mut data)
+                            .await
+                    }
                 };
-                self.submit(h, Some(chunk.to_vec())).await?;
+                // A chunk that fails its CRC stays where it is (and keeps its segment
+                // alive): moving it would launder corrupt bytes into a fresh CRC.
+                if read.is_err() {
+                    self.st.borrow_mut().stuck.insert(seg);
+                    continue;
+                }
+                let Some(info) = self.stat(oid) else { continue };
+                let max = self.cfg.max_record();
+                for (k, chunk) in data.chunks(max as usize).enumerate() {
+                    let h = RecordHeader {
+                        oid,
+                        offset: start + k as u64 * max,
+                        version: info.version,
+                        src_segment: rec.segment,
+                        src_payload_pos: rec.payload_pos,
+                        len: chunk.len() as u32,
+                        object_size: info.size as u32,
+                        epoch: info.epoch,
+                        kind: RecordKind::Relocate as u8,
+                        ..bytemuck::Zeroable::zeroed()
+                    };
+                    copies.push(self.submit(h, Some(chunk.to_vec())));
+                }
             }
+            for r in futures::future::join_all(copies).await {
+                r?;
+            }
+            i = j;
         }
         Ok(())
     }
