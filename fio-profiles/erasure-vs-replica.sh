@@ -4,15 +4,16 @@
 #
 # Starts 6 sheep (-n, zones 0-5, ports BASE..BASE+5, their own local cluster state file),
 # formats with -c 3, creates VDI c3 (-c 3) and VDI ec42 (-c 4:2), and runs on each VDI,
-# through node 0's NBD port, the fio jobs write-1M-qd8, read-1M-qd8, randread-4k-qd32 and
-# randwrite-4k-qd32 from fio-profiles/jobs, in that order. No prefill: the sequential
+# through node 0's NBD port, the fio jobs write-1M-qd8, read-1M-qd8, randread-4k-qd32,
+# randwrite-4k-qd32 and write-4k-qd32 from fio-profiles/jobs, in that order. No prefill: the sequential
 # write runs first on fresh VDIs and allocates the span; the other three jobs then run
 # over the part of the span it wrote on both VDIs (printed under the table), so the reads
 # read data and the random writes overwrite it. If `dog vdi create -c 4:2` fails (erasure
 # coding not served yet), the c3 jobs still run and ec42's cells say n/a.
 # Prints IOPS, MiB/s and p50/p99 completion latency per job and VDI, and ec42/c3 against
 # the targets: 1 MiB sequential write >= 1.6, 1 MiB sequential read >= 1.0, 4 KiB random
-# write >= 0.5 (IOPS), 4 KiB random read none. See fio-profiles/README.md.
+# write >= 0.5 (IOPS), 4 KiB random read and sequential write none; and the disk reads
+# per write of both 4 KiB write jobs. See fio-profiles/README.md.
 #
 # usage: fio-profiles/erasure-vs-replica.sh [options] [DIR]
 #   DIR              where the stores go (default: target/erasure-bench in the
@@ -39,7 +40,7 @@ KEEP=0
 DIR=""
 NODES=6
 SEQ_WRITE=write-1M-qd8   # first: allocates the span the others use
-AFTER=(read-1M-qd8 randread-4k-qd32 randwrite-4k-qd32)   # over what it wrote on both VDIs
+AFTER=(read-1M-qd8 randread-4k-qd32 randwrite-4k-qd32 write-4k-qd32)   # over what it wrote on both VDIs
 EC_VDI=ec42
 
 while [ $# -gt 0 ]; do cluster_arg "$@"; shift "$ARGS_USED"; done
@@ -122,9 +123,10 @@ WHAT = {
     "read-1M-qd8": ("1 MiB sequential reads, QD 8", "read", "mib_s", 1.0),
     "randread-4k-qd32": ("4 KiB random reads, QD 32", "read", "iops", None),
     "randwrite-4k-qd32": ("4 KiB random writes, QD 32", "write", "iops", 0.5),
+    "write-4k-qd32": ("4 KiB sequential writes, QD 32", "write", "iops", None),
 }
 UNIT = {"mib_s": "MiB/s", "iops": "IOPS"}
-RANDWRITE = "randwrite-4k-qd32"   # its disk reads per write are printed
+SMALL_WRITES = ("randwrite-4k-qd32", "write-4k-qd32")   # their disk reads per write are printed
 
 def load(job, vdi):
     """The figures of one run; "n/a" if it did not run (no ec42, or nothing written on
@@ -184,15 +186,16 @@ for vdi, _ in VDIS:
         per = f", {disk / f['bytes']:.2f} bytes to the disk per byte" if disk and f["bytes"] else ""
         print(f"{seq} wrote {f['bytes'] / 2**30:.2f} GiB to {vdi}: "
               f"{span_written(f, size_bytes) / size_bytes:.0%} of the {size} span{per}")
-for vdi, _ in VDIS:
-    f = load(RANDWRITE, vdi) if RANDWRITE in after else None
-    if isinstance(f, dict) and f["ops"]:
-        try:
-            reads = int(open(f"{work}/{RANDWRITE}.{vdi}.reads").read())
-        except (OSError, ValueError):
-            continue
-        print(f"{RANDWRITE} on {vdi}: {reads / f['ops']:.2f} disk reads per write "
-              "(the whole disk's counter, every sheep)")
+for job in (j for j in SMALL_WRITES if j in after):
+    for vdi, _ in VDIS:
+        f = load(job, vdi)
+        if isinstance(f, dict) and f["ops"]:
+            try:
+                reads = int(open(f"{work}/{job}.{vdi}.reads").read())
+            except (OSError, ValueError):
+                continue
+            print(f"{job} on {vdi}: {reads / f['ops']:.2f} disk reads per write "
+                  "(the whole disk's read counter: every sheep)")
 if span:
     print(f"{', '.join(after)} ran on {' and '.join(wrote)} over the first {span // 2**20} MiB "
           f"({span / size_bytes:.0%} of the span),")
