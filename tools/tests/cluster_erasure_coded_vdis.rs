@@ -116,6 +116,14 @@ fn erasure_coded_vdis_live_beside_a_replicated_one() {
         ];
         let (out, report) = fio(files.path(), name, &r.uri(name), &verify);
         assert_clean(&out, report.get("jobs").at(0), name);
+        // Sequential 4 KiB writes, 32 in flight: several writes of one stripe at once,
+        // which the primary writes together (ec::write, combining_write).
+        let seq = ["--rw=write", "--bs=4k", "--size=16M", "--iodepth=32"];
+        let (out, report) = fio(files.path(), name, &w.uri(name), &seq);
+        assert_clean(&out, report.get("jobs").at(0), name);
+        let verify = ["--rw=write", "--bs=4k", "--size=16M", "--verify_only"];
+        let (out, report) = fio(files.path(), name, &r.uri(name), &verify);
+        assert_clean(&out, report.get("jobs").at(0), name);
     }
 
     for (name, copies) in &vdis[1..] {

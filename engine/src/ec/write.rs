@@ -1,6 +1,7 @@
 //! Writes at the primary: small writes as deltas, others as whole stripes.
 
 use super::*;
+use futures::channel::oneshot;
 
 impl Gateway {
     /// Writes a range of an erasure-coded object: sent to its primary, which orders it.
@@ -129,7 +130,95 @@ impl Gateway {
                 .write_stripes(oid, lay, offset, Content::Data(&zeros))
                 .await;
         }
-        self.write_stripes(oid, lay, offset, content).await
+        match content {
+            Content::Data(d) if offset / ss == (offset + len - 1) / ss => {
+                self.combining_write(oid, lay, offset, d).await
+            }
+            _ => self.write_stripes(oid, lay, offset, content).await,
+        }
+    }
+
+    /// A write inside one stripe. If another write of that stripe is in progress, this
+    /// one waits in the stripe's queue, and when that write is done the queue is
+    /// written as one (`drain_stripe`): a stream of small writes then pays one
+    /// read-modify-write per stripe and queue instead of one per write (4 KiB
+    /// sequential writes at QD32 on 4:2: four writes of a stripe in flight at once).
+    async fn combining_write(&self, oid: u64, lay: &Layout, offset: u64, data: &[u8]) -> Rpc<()> {
+        let key = (oid, offset / lay.stripe_size());
+        let waiting = STRIPE_QUEUES.with(|q| {
+            let mut q = q.borrow_mut();
+            match q.get_mut(&key) {
+                Some(queue) => {
+                    let (done, rx) = oneshot::channel();
+                    queue.push(Queued {
+                        offset,
+                        data: data.to_vec(),
+                        done,
+                    });
+                    Some(rx)
+                }
+                None => {
+                    q.insert(key, Vec::new());
+                    None
+                }
+            }
+        });
+        if let Some(rx) = waiting {
+            if rx.await == Ok(true) {
+                return Ok(());
+            }
+            // Not written together (the queue had holes, the write failed, or its
+            // task went away): this write goes alone, with its own answer.
+            return self
+                .write_stripes(oid, lay, offset, Content::Data(data))
+                .await;
+        }
+        let r = self
+            .write_stripes(oid, lay, offset, Content::Data(data))
+            .await;
+        // What queued meanwhile is written by a task of its own, so this write's
+        // answer does not wait for it.
+        let (gw, lay) = (self.clone(), *lay);
+        glommio::spawn_local(async move { gw.drain_stripe(key, &lay).await }).detach();
+        r
+    }
+
+    /// Writes the writes queued for stripe `key` (see `combining_write`), a queue at a
+    /// time, until none are left. A queue whose writes cover one range without holes
+    /// is one write (overlaps resolved in arrival order, as one after the other would);
+    /// otherwise, or if that write fails, each is told to go alone.
+    async fn drain_stripe(&self, key: (u64, u64), lay: &Layout) {
+        loop {
+            let queue = STRIPE_QUEUES.with(|q| {
+                let mut q = q.borrow_mut();
+                match q.get_mut(&key) {
+                    Some(queue) if !queue.is_empty() => std::mem::take(queue),
+                    _ => {
+                        q.remove(&key);
+                        Vec::new()
+                    }
+                }
+            });
+            if queue.is_empty() {
+                return;
+            }
+            let written = match covered_range(&queue) {
+                Some((lo, hi)) => {
+                    let mut buf = vec![0u8; (hi - lo) as usize];
+                    for w in &queue {
+                        let at = (w.offset - lo) as usize;
+                        buf[at..at + w.data.len()].copy_from_slice(&w.data);
+                    }
+                    self.write_stripes(key.0, lay, lo, Content::Data(&buf))
+                        .await
+                        .is_ok()
+                }
+                None => false,
+            };
+            for w in queue {
+                let _ = w.done.send(written);
+            }
+        }
     }
 
     async fn write_stripes(
@@ -497,6 +586,37 @@ impl Gateway {
     }
 }
 
+/// A write waiting for the write in progress on its stripe (`combining_write`).
+struct Queued {
+    offset: u64,
+    data: Vec<u8>,
+    /// Told whether it was written with its queue.
+    done: oneshot::Sender<bool>,
+}
+
+thread_local! {
+    /// Per `(oid, stripe)` with a write in progress at this primary: the writes of that
+    /// stripe waiting for it.
+    static STRIPE_QUEUES: RefCell<HashMap<(u64, u64), Vec<Queued>>> = RefCell::new(HashMap::new());
+}
+
+/// The range `[lo, hi)` the writes of `queue` cover together, if it has no holes.
+fn covered_range(queue: &[Queued]) -> Option<(u64, u64)> {
+    let mut spans: Vec<(u64, u64)> = queue
+        .iter()
+        .map(|w| (w.offset, w.offset + w.data.len() as u64))
+        .collect();
+    spans.sort_unstable();
+    let (lo, mut hi) = *spans.first()?;
+    for &(a, b) in &spans[1..] {
+        if a > hi {
+            return None;
+        }
+        hi = hi.max(b);
+    }
+    Some((lo, hi))
+}
+
 /// Whether a write of `[offset, offset+len)` inside one stripe costs fewer disk
 /// requests as a delta (read and write each touched data chunk, read and write each
 /// parity) than as a whole stripe (read the chunks it does not cover, write every
@@ -568,5 +688,31 @@ mod tests {
             .unwrap()
             .unwrap();
         assert!(!delta_pays(&lay21, 4096, 4096));
+    }
+
+    #[test]
+    fn a_queue_is_one_write_only_if_it_covers_one_range_without_holes() {
+        let q = |spans: &[(u64, usize)]| -> Vec<Queued> {
+            spans
+                .iter()
+                .map(|&(offset, len)| Queued {
+                    offset,
+                    data: vec![0; len],
+                    done: oneshot::channel().0,
+                })
+                .collect()
+        };
+        // Out of order, touching and overlapping: one range.
+        assert_eq!(
+            covered_range(&q(&[(8192, 4096), (0, 4096), (4096, 4096)])),
+            Some((0, 12288))
+        );
+        assert_eq!(
+            covered_range(&q(&[(0, 6000), (4096, 100)])),
+            Some((0, 6000))
+        );
+        // A hole between them: not one write.
+        assert_eq!(covered_range(&q(&[(0, 4096), (8192, 4096)])), None);
+        assert_eq!(covered_range(&q(&[])), None);
     }
 }
