@@ -20,6 +20,40 @@ use std::time::Duration;
 
 const OBJECT: u64 = 4 * MIB;
 
+/// Starts 4 KiB sequential writes at QD32 over the first object of `uri` (over and
+/// over) and SIGKILLs the client after a second, with writes in flight. Through the
+/// object's primary, the writes run in the dying connection itself, not in a peer's
+/// request, and are dropped with it.
+fn killed_mid_stream(uri: &str) {
+    let mut child = std::process::Command::new("fio")
+        .args(["--name=killed", "--ioengine=nbd", &format!("--uri={uri}")])
+        .args(["--rw=write", "--bs=4k", "--size=4M", "--iodepth=32"])
+        // --thread: one process, so the kill takes the job (a forked job would go on).
+        .args(["--thread", "--time_based", "--runtime=30"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+/// Runs `f` on a thread of its own; panics naming `what` if it takes longer than
+/// `limit` (a hang becomes a failure, not a test that never ends).
+fn within<T: Send + 'static>(
+    limit: Duration,
+    what: &str,
+    f: impl FnOnce() -> T + Send + 'static,
+) -> T {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(f());
+    });
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|_| panic!("{what}: no end after {limit:?}"))
+}
+
 /// Misaligned writes that cross chunk, stripe and object boundaries, through `w`, read
 /// back through `r` (every other byte of the touched stripes must be intact).
 fn misaligned_patterns(w: &str, r: &str) {
@@ -117,9 +151,19 @@ fn erasure_coded_vdis_live_beside_a_replicated_one() {
         let (out, report) = fio(files.path(), name, &r.uri(name), &verify);
         assert_clean(&out, report.get("jobs").at(0), name);
         // Sequential 4 KiB writes, 32 in flight: several writes of one stripe at once,
-        // which the primary writes together (ec::write, combining_write).
+        // which the primary writes together (ec::write, combining_write). First a
+        // client killed in the middle of them (its connection's writes are dropped
+        // mid-way), then a verified run over the same stripes, which must not wait on
+        // anything the dead client left behind.
+        let loc = n0.dog_ok(&["vdi", "object", "location", "-r", name, "0"]);
+        let zone: u32 = loc.split_whitespace().nth(1).unwrap().parse().unwrap();
+        let primary = c.nodes.iter().find(|n| n.zone == zone).unwrap();
+        killed_mid_stream(&primary.uri(name));
         let seq = ["--rw=write", "--bs=4k", "--size=16M", "--iodepth=32"];
-        let (out, report) = fio(files.path(), name, &w.uri(name), &seq);
+        let (out, report) = within(Duration::from_secs(180), "fio after a killed client", {
+            let (dir, uri) = (files.path().to_path_buf(), w.uri(name));
+            move || fio(&dir, name, &uri, &seq)
+        });
         assert_clean(&out, report.get("jobs").at(0), name);
         let verify = ["--rw=write", "--bs=4k", "--size=16M", "--verify_only"];
         let (out, report) = fio(files.path(), name, &r.uri(name), &verify);

@@ -163,23 +163,35 @@ impl Gateway {
                 }
             }
         });
-        if let Some(rx) = waiting {
-            if rx.await == Ok(true) {
-                return Ok(());
-            }
-            // Not written together (the queue had holes, the write failed, or its
-            // task went away): this write goes alone, with its own answer.
-            return self
-                .write_stripes(oid, lay, offset, Content::Data(data))
-                .await;
+        let Some(rx) = waiting else {
+            return self.lead_stripe(key, lay, offset, data).await;
+        };
+        if rx.await == Ok(true) {
+            return Ok(());
         }
+        // Not written together (the queue had holes, the write failed, or the
+        // stripe's turn ended without it): this write goes alone, with its own answer.
+        self.write_stripes(oid, lay, offset, Content::Data(data))
+            .await
+    }
+
+    /// The write that found stripe `key` idle: written at once, then what queued
+    /// meanwhile is written by a task of its own, so this write's answer does not
+    /// wait for it. If this future is dropped before (its client went away), the
+    /// stripe's turn ends with it and the queued writes go alone.
+    async fn lead_stripe(
+        &self,
+        key: (u64, u64),
+        lay: &Layout,
+        offset: u64,
+        data: &[u8],
+    ) -> Rpc<()> {
+        let turn = StripeTurn(key);
         let r = self
-            .write_stripes(oid, lay, offset, Content::Data(data))
+            .write_stripes(key.0, lay, offset, Content::Data(data))
             .await;
-        // What queued meanwhile is written by a task of its own, so this write's
-        // answer does not wait for it.
         let (gw, lay) = (self.clone(), *lay);
-        glommio::spawn_local(async move { gw.drain_stripe(key, &lay).await }).detach();
+        glommio::spawn_local(async move { gw.drain_stripe(turn, &lay).await }).detach();
         r
     }
 
@@ -187,20 +199,22 @@ impl Gateway {
     /// time, until none are left. A queue whose writes cover one range without holes
     /// is one write (overlaps resolved in arrival order, as one after the other would);
     /// otherwise, or if that write fails, each is told to go alone.
-    async fn drain_stripe(&self, key: (u64, u64), lay: &Layout) {
+    async fn drain_stripe(&self, turn: StripeTurn, lay: &Layout) {
+        let key = turn.0;
         loop {
-            let queue = STRIPE_QUEUES.with(|q| {
-                let mut q = q.borrow_mut();
-                match q.get_mut(&key) {
-                    Some(queue) if !queue.is_empty() => std::mem::take(queue),
-                    _ => {
-                        q.remove(&key);
-                        Vec::new()
-                    }
-                }
+            // Writes whose callers went away are dropped here: written later, they
+            // could land over what their client wrote since.
+            let queue: Vec<Queued> = STRIPE_QUEUES.with(|q| {
+                q.borrow_mut()
+                    .get_mut(&key)
+                    .map(std::mem::take)
+                    .unwrap_or_default()
+                    .into_iter()
+                    .filter(|w| !w.done.is_canceled())
+                    .collect()
             });
             if queue.is_empty() {
-                return;
+                return; // `turn` ends the stripe's turn
             }
             let written = match covered_range(&queue) {
                 Some((lo, hi)) => {
@@ -598,6 +612,18 @@ thread_local! {
     /// Per `(oid, stripe)` with a write in progress at this primary: the writes of that
     /// stripe waiting for it.
     static STRIPE_QUEUES: RefCell<HashMap<(u64, u64), Vec<Queued>>> = RefCell::new(HashMap::new());
+}
+
+/// A primary's turn at writing one stripe (`combining_write`): while it lasts, writes
+/// of the stripe queue. Ending it (dropped: done, or its task cancelled) removes the
+/// queue, and any writes still in it, told nothing, go alone.
+struct StripeTurn((u64, u64));
+
+impl Drop for StripeTurn {
+    fn drop(&mut self) {
+        // try_with: a task dropped as its thread exits finds the map gone already.
+        let _ = STRIPE_QUEUES.try_with(|q| q.borrow_mut().remove(&self.0));
+    }
 }
 
 /// The range `[lo, hi)` the writes of `queue` cover together, if it has no holes.
