@@ -96,22 +96,22 @@ bench_dir() {
 # disk_of PATH: prints the device and file system type PATH is on ("/dev/vda1 ext4").
 disk_of() { df -h --output=source,fstype "$1" | tail -1 | tr -s ' '; }
 
-# disk_written PATH: prints the bytes written so far to the block device PATH is on (its
-# sectors-written counter, 512-byte units in /sys), or 0 if that cannot be read.
-disk_written() {
+# disk_stat PATH FIELD [SCALE]: prints counter FIELD (1-based) of the block device PATH is
+# on (/sys/class/block/DEV/stat) times SCALE (default 1), or 0 if that cannot be read.
+disk_stat() {
     local dev
     dev=$(basename "$(df --output=source "$1" | tail -1)")
     # %.0f: awk prints large products in exponent form, which bash cannot count with.
-    awk '{ printf "%.0f\n", $7 * 512 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
+    awk -v f="$2" -v s="${3:-1}" '{ printf "%.0f\n", $f * s }' "/sys/class/block/$dev/stat" \
+        2>/dev/null || echo 0
 }
 
-# disk_reads PATH: prints the read requests completed so far by the block device PATH is
-# on (its reads counter in /sys), or 0 if that cannot be read.
-disk_reads() {
-    local dev
-    dev=$(basename "$(df --output=source "$1" | tail -1)")
-    awk '{ print $1 }' "/sys/class/block/$dev/stat" 2>/dev/null || echo 0
-}
+# disk_written PATH: prints the bytes written so far to the disk PATH is on (its
+# sectors-written counter, 512-byte units).
+disk_written() { disk_stat "$1" 7 512; }
+
+# disk_reads PATH: prints the read requests the disk PATH is on completed so far.
+disk_reads() { disk_stat "$1" 1; }
 
 # need COMMAND PACKAGE: returns once COMMAND exists, installing PACKAGE with apt-get (as
 # root) when it is missing; dies if it cannot.
