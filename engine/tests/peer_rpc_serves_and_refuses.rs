@@ -337,24 +337,39 @@ fn fragments_keep_the_version_a_write_builds_on_and_refuse_bad_requests() {
     );
 }
 
-#[test]
-fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
+/// Parity fragment 4 of data object `index` of a 4:2 VDI "ec" on a store serving
+/// from `dir`, created with stripe 0 at version `v` (a whole-stripe write: every data
+/// fragment at `v`) holding `chunk` (v takes slot 1 of the new fragment):
+/// (store, its shards' addresses, the oid, the fragment key, a connection to its shard).
+fn parity_created(
+    dir: &std::path::Path,
+    index: u32,
+    v: u64,
+    chunk: &[u8],
+) -> (Store, Vec<SocketAddr>, u64, u64, TcpStream) {
     use collie_placement::ids::{fragment_oid, Vid};
-    let dir = test_dir("peer-deltas");
-    let (store, addrs) = serving(dir.path());
-    let oid = Vid::of_name("ec").data_oid(5);
+    let (store, addrs) = serving(dir);
+    let oid = Vid::of_name("ec").data_oid(index);
     let parity = fragment_oid(oid, 4);
     let mut s = connect_owner(&store, &addrs, parity);
+    let mut p = u64s(&[v, 1]);
+    p.extend(u64s(&[v; 4]));
+    p.extend(chunk);
+    let mut h = frag_request(Op::FragWrite, parity, 0, 1);
+    h.flags |= collie_net::peer::FLAG_CREATE;
+    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    (store, addrs, oid, parity, s)
+}
+
+#[test]
+fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
+    use collie_placement::ids::fragment_oid;
+    let dir = test_dir("peer-deltas");
     let chunk = |seed: u64| pattern(seed, 4096);
     let (v10, v11, v12) = (10u64 << 32, 11u64 << 32, 12u64 << 32);
     // A whole-stripe write of stripe 0 at v10: the vector says every data fragment is
     // at v10.
-    let mut p = u64s(&[v10, 1]);
-    p.extend(u64s(&[v10; 4]));
-    p.extend(chunk(1));
-    let mut h = frag_request(Op::FragWrite, parity, 0, 1);
-    h.flags |= collie_net::peer::FLAG_CREATE;
-    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    let (store, addrs, oid, parity, mut s) = parity_created(dir.path(), 5, v10, &chunk(1));
     // A delta at v11 keeping v10, data fragment 1 now at v11: the parity becomes the
     // old parity XOR the delta; v10 stays readable.
     let delta = |keep: u64, version: u64, seed: u64| {
@@ -421,22 +436,12 @@ fn a_parity_delta_builds_on_the_kept_version_and_a_torn_vector_is_refused() {
 #[test]
 fn a_write_may_read_back_what_the_holder_just_wrote_but_only_as_its_header_says() {
     use collie_net::peer::FLAG_RECENT;
-    use collie_placement::ids::{fragment_oid, Vid};
     let dir = test_dir("peer-recent");
-    let (store, addrs) = serving(dir.path());
-    let oid = Vid::of_name("ec").data_oid(7);
-    let parity = fragment_oid(oid, 4);
-    let mut s = connect_owner(&store, &addrs, parity);
     let chunk = |seed: u64| pattern(seed, 4096);
     let (v10, v11) = (10u64 << 32, 11u64 << 32);
     // A single-stripe write at v10 (a new object: v10 takes slot 1), then its chunk
     // rots on the disk.
-    let mut p = u64s(&[v10, 1]);
-    p.extend(u64s(&[v10; 4]));
-    p.extend(chunk(1));
-    let mut h = frag_request(Op::FragWrite, parity, 0, 1);
-    h.flags |= collie_net::peer::FLAG_CREATE;
-    assert_eq!(call(&mut s, h, &p).0.status, status::OK);
+    let (_store, _addrs, oid, parity, mut s) = parity_created(dir.path(), 7, v10, &chunk(1));
     let mut h = request(Op::Write, parity, HEADER + (1 << 20), 4096);
     h.object_size = FRAGMENT_OBJECT;
     assert_eq!(call(&mut s, h, &chunk(9)).0.status, status::OK);
