@@ -27,8 +27,8 @@ pub fn encode(index: &Index, partition: u32, pos: LogPos, nonce: u32) -> Vec<u8>
         obj_body.extend_from_slice(&o.size.to_le_bytes());
         obj_body.extend_from_slice(&o.version.to_le_bytes());
         obj_body.extend_from_slice(&o.epoch.to_le_bytes());
-        obj_body.extend_from_slice(&(o.extents.len() as u32).to_le_bytes());
-        for (&start, e) in &o.extents {
+        obj_body.extend_from_slice(&(o.extents().len() as u32).to_le_bytes());
+        for (&start, e) in o.extents() {
             let idx = *recs.entry(Rc::as_ptr(&e.rec)).or_insert_with(|| {
                 rec_body.extend_from_slice(&e.rec.segment.to_le_bytes());
                 rec_body.extend_from_slice(&e.rec.payload_pos.to_le_bytes());
@@ -131,12 +131,8 @@ pub fn decode(bytes: &[u8], partition: u32, nonce: u32) -> Option<(Index, LogPos
     let mut index = Index::default();
     for _ in 0..hdr.object_count {
         let oid = r.u64()?;
-        let mut o = ObjectIndex {
-            size: r.u64()?,
-            version: r.u64()?,
-            epoch: r.u32()?,
-            ..Default::default()
-        };
+        let (size, version, epoch) = (r.u64()?, r.u64()?, r.u32()?);
+        let mut o = ObjectIndex::new(size, version, epoch);
         let n = r.u32()?;
         for _ in 0..n {
             let start = r.u64()?;
@@ -146,8 +142,12 @@ pub fn decode(bytes: &[u8], partition: u32, nonce: u32) -> Option<(Index, LogPos
             if skip.checked_add(len)? > rec.len || start.checked_add(len)? > o.size {
                 return None;
             }
-            *index.live.entry(rec.segment).or_default() += len;
-            o.extents.insert(start, Extent { len, rec, skip });
+            let e = Extent { len, rec, skip };
+            let (seg, weight) = (e.rec.segment, e.footprint());
+            if !o.load(start, e) {
+                return None;
+            }
+            *index.live.entry(seg).or_default() += weight;
         }
         index.objects.insert(oid, o);
     }
@@ -258,7 +258,9 @@ mod tests {
             ix.objects[&1].pieces(0, 6000)
         );
         assert_eq!(back.objects[&1].version, 5);
-        assert_eq!(back.live[&3], 4990);
+        assert_eq!(back.live, ix.live);
+        assert_eq!(back.live[&3], 8192 - r.footprint(100, 110));
+        assert_eq!(back.objects[&1].used(), 4990);
         assert!(decode(&bytes, 8, 42).is_none(), "wrong partition");
         let body_len = bytes.len() - BLOCK - bytes.iter().rev().take_while(|&&b| b == 0).count();
         for i in (0..96).chain(BLOCK..BLOCK + body_len) {

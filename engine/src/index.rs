@@ -5,6 +5,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
+use crate::format::BLOCK;
+
 /// One stored payload: a Write or Relocate record's bytes in a segment, with the CRC32C
 /// of each 4 KiB chunk. Shared by every extent that still points into it.
 #[derive(Debug, PartialEq, Eq)]
@@ -16,12 +18,34 @@ pub struct RecordLoc {
     pub crcs: Box<[u32]>,
 }
 
+impl RecordLoc {
+    /// The disk bytes that payload bytes `[a, b)` of this record stand for. A payload
+    /// takes whole blocks, so a 32-byte record (an erasure-coded fragment's header
+    /// entry) holds a 4 KiB block: each byte stands for its share of the record's
+    /// blocks. Additive: the parts of a range weigh what the range weighs, so live
+    /// bytes stay exact however extents are split, and a whole record weighs its
+    /// blocks.
+    pub fn footprint(&self, a: u64, b: u64) -> u64 {
+        let blocks = self.len.next_multiple_of(BLOCK as u64);
+        // Both are below 2^24 (a record is at most a segment's max_record).
+        let at = |x: u64| (u128::from(x) * u128::from(blocks) / u128::from(self.len.max(1))) as u64;
+        at(b) - at(a)
+    }
+}
+
 /// A piece of an object that has data: `len` bytes starting `skip` bytes into `rec`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Extent {
     pub len: u64,
     pub rec: Rc<RecordLoc>,
     pub skip: u64,
+}
+
+impl Extent {
+    /// The disk bytes this extent keeps alive ([`RecordLoc::footprint`]).
+    pub fn footprint(&self) -> u64 {
+        self.rec.footprint(self.skip, self.skip + self.len)
+    }
 }
 
 /// What a lookup finds for consecutive parts of the requested range.
@@ -54,14 +78,47 @@ pub struct ObjectIndex {
     pub size: u64,
     pub version: u64,
     pub epoch: u32,
-    /// Key: start offset in the object. Extents never overlap.
-    pub extents: BTreeMap<u64, Extent>,
+    /// Key: start offset in the object. Extents never overlap. Changed only through
+    /// the methods below, which keep `used` its sum.
+    extents: BTreeMap<u64, Extent>,
+    /// Bytes the extents cover. Kept as they change rather than summed when asked:
+    /// every write asks (`Partition::stat`), and an object that took many small writes
+    /// has thousands of extents.
+    used: u64,
 }
 
 impl ObjectIndex {
+    /// A new, empty object of `size` bytes at `version` and `epoch`.
+    pub fn new(size: u64, version: u64, epoch: u32) -> Self {
+        ObjectIndex {
+            size,
+            version,
+            epoch,
+            ..Default::default()
+        }
+    }
+
     /// Bytes of the object that hold data (not holes).
     pub fn used(&self) -> u64 {
-        self.extents.values().map(|e| e.len).sum()
+        self.used
+    }
+
+    /// The extents by start offset.
+    pub fn extents(&self) -> &BTreeMap<u64, Extent> {
+        &self.extents
+    }
+
+    /// Adds an extent at `start` that overlaps none (a checkpoint being loaded);
+    /// `false` if it would overlap one, which is left as it was.
+    pub fn load(&mut self, start: u64, e: Extent) -> bool {
+        let end = start + e.len;
+        let before = self.extents.range(..end).next_back();
+        if before.is_some_and(|(&s, x)| s + x.len > start) {
+            return false;
+        }
+        self.used += e.len;
+        self.extents.insert(start, e);
+        true
     }
 
     /// Removes `[start, start+len)` from the map, trimming or splitting extents that
@@ -79,7 +136,9 @@ impl ObjectIndex {
                 if let Some(x) = self.extents.get_mut(&s) {
                     x.len = start - s;
                 }
-                freed(e.rec.segment, e_end.min(end) - start);
+                self.used -= e_end - start;
+                let gone = e.skip + (start - s)..e.skip + (e_end.min(end) - s);
+                freed(e.rec.segment, e.rec.footprint(gone.start, gone.end));
                 self.keep_tail(s, e, end);
             }
         }
@@ -87,8 +146,12 @@ impl ObjectIndex {
         let inside: Vec<u64> = self.extents.range(start..end).map(|(&s, _)| s).collect();
         for s in inside {
             if let Some(e) = self.extents.remove(&s) {
+                self.used -= e.len;
                 let e_end = s + e.len;
-                freed(e.rec.segment, e_end.min(end) - s);
+                freed(
+                    e.rec.segment,
+                    e.rec.footprint(e.skip, e.skip + (e_end.min(end) - s)),
+                );
                 self.keep_tail(s, e, end);
             }
         }
@@ -99,6 +162,7 @@ impl ObjectIndex {
         let e_end = s + e.len;
         if e_end > end {
             let skip = e.skip + (end - s);
+            self.used += e_end - end;
             self.extents.insert(
                 end,
                 Extent {
@@ -125,7 +189,8 @@ impl ObjectIndex {
         }
         debug_assert!(skip + len <= rec.len, "extent beyond its record");
         self.punch(start, len, freed);
-        added(rec.segment, len);
+        added(rec.segment, rec.footprint(skip, skip + len));
+        self.used += len;
         self.extents.insert(start, Extent { len, rec, skip });
     }
 
@@ -196,7 +261,10 @@ impl ObjectIndex {
     }
 }
 
-/// Live payload bytes per segment: compaction's measure of how much a segment still holds.
+/// Live bytes per segment, as disk bytes ([`Extent::footprint`]): compaction's measure
+/// of how much a segment still holds. Payload bytes would make a segment of small
+/// records (fragment header entries) look nearly empty however live it is, and
+/// compaction would copy it over and over.
 pub type LiveBytes = HashMap<u64, u64>;
 
 /// One partition's objects.
@@ -258,10 +326,10 @@ impl Index {
                 epoch,
                 rec,
             } => {
-                let obj = self.objects.entry(oid).or_insert_with(|| ObjectIndex {
-                    size: object_size,
-                    ..Default::default()
-                });
+                let obj = self
+                    .objects
+                    .entry(oid)
+                    .or_insert_with(|| ObjectIndex::new(object_size, 0, 0));
                 obj.version = obj.version.max(version);
                 obj.epoch = epoch;
                 let mut added_acc = Vec::new();
@@ -290,8 +358,8 @@ impl Index {
             }
             IndexOp::Remove { oid } => {
                 if let Some(obj) = self.objects.remove(&oid) {
-                    for e in obj.extents.values() {
-                        freed(e.rec.segment, e.len);
+                    for e in obj.extents().values() {
+                        freed(e.rec.segment, e.footprint());
                     }
                 }
             }
@@ -376,8 +444,10 @@ mod tests {
                 Piece::Hole { len: 2000 },
             ]
         );
-        assert_eq!(ix.live[&1], 9900);
-        assert_eq!(ix.live[&2], 100);
+        // Live bytes are disk bytes: a's 10000 bytes hold 3 blocks, b's 100 bytes one.
+        assert_eq!(ix.live[&1], 12288 - a.footprint(5000, 5100));
+        assert_eq!(ix.live[&2], 4096);
+        assert_eq!(ix.objects[&7].used(), 10000);
         ix.apply(IndexOp::Discard {
             oid: 7,
             object_size: 1 << 22,
@@ -386,11 +456,82 @@ mod tests {
             version: 2,
             epoch: 1,
         });
-        assert_eq!(ix.live[&1], 8000);
+        assert_eq!(ix.live[&1], a.footprint(0, 4000) + a.footprint(6000, 10000));
         assert_eq!(ix.live[&2], 0);
+        assert_eq!(ix.objects[&7].used(), 8000);
         ix.apply(IndexOp::Remove { oid: 7 });
         assert_eq!(ix.live[&1], 0);
         assert!(ix.objects.is_empty());
+    }
+
+    #[test]
+    fn a_record_weighs_its_blocks_however_it_is_split() {
+        for len in [1, 32, 4095, 4096, 4097, 10000, 1 << 20] {
+            let r = rec(1, 0, len);
+            let blocks = len.next_multiple_of(4096);
+            assert_eq!(r.footprint(0, len), blocks, "len {len}");
+            let cuts = [0, len / 7, len / 3, len / 2, len - len / 5, len];
+            let sum: u64 = cuts.windows(2).map(|w| r.footprint(w[0], w[1])).sum();
+            assert_eq!(sum, blocks, "len {len}");
+        }
+    }
+
+    /// Random overwrites, discards and relocations: every segment's live bytes stay
+    /// the footprint of the extents pointing into it, and `used` their length.
+    #[test]
+    fn live_and_used_stay_the_sums_of_the_extents() {
+        let mut ix = Index::default();
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut next = |m: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % m
+        };
+        let mut recs: Vec<(Rc<RecordLoc>, u64, u64)> = Vec::new();
+        for i in 0..400u64 {
+            let (off, len) = (next(60_000), 1 + next(9_000));
+            match next(10) {
+                0 => ix.apply(IndexOp::Discard {
+                    oid: 1,
+                    object_size: 1 << 22,
+                    offset: off,
+                    len,
+                    version: i,
+                    epoch: 1,
+                }),
+                1 if !recs.is_empty() => {
+                    let (src, o2, l2) = recs[next(recs.len() as u64) as usize].clone();
+                    ix.apply(IndexOp::Relocate {
+                        oid: 1,
+                        offset: o2,
+                        len: l2,
+                        src: (src.segment, src.payload_pos),
+                        rec: rec(100 + i % 3, i * 8192, l2),
+                    });
+                }
+                _ => {
+                    let r = rec(i % 5, i * 16384, len);
+                    write(&mut ix, 1, off, len, &r);
+                    recs.push((r, off, len));
+                }
+            }
+            let Some(o) = ix.objects.get(&1) else {
+                continue;
+            };
+            let mut want: HashMap<u64, u64> = HashMap::new();
+            for e in o.extents().values() {
+                *want.entry(e.rec.segment).or_default() += e.footprint();
+            }
+            for (s, &l) in &ix.live {
+                assert_eq!(
+                    l,
+                    want.get(s).copied().unwrap_or(0),
+                    "segment {s} after op {i}"
+                );
+            }
+            assert_eq!(o.used(), o.extents().values().map(|e| e.len).sum::<u64>());
+        }
     }
 
     #[test]
@@ -431,7 +572,7 @@ mod tests {
             ]
         );
         assert_eq!(ix.live[&1], 0);
-        assert_eq!(ix.live[&4], 8092);
+        assert_eq!(ix.live[&4], c.footprint(0, 1000) + c.footprint(1100, 8192));
     }
 
     #[test]

@@ -1202,7 +1202,7 @@ impl Partition {
                 .objects
                 .iter()
                 .flat_map(|(&oid, o)| {
-                    o.extents
+                    o.extents()
                         .iter()
                         .filter(|(_, e)| e.rec.segment == seg)
                         .map(move |(&s, e)| (oid, s, e.len, e.rec.clone(), e.skip))
