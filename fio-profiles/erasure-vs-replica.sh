@@ -27,6 +27,9 @@
 #                    second, in each direction) through a cgroup of its own: the cluster
 #                    is then disk-bound, as one with a disk per node is, instead of
 #                    bound by this machine's CPUs (needs root; default: no limit)
+#   --rounds N       run the jobs after the sequential write N times (default 1), c3
+#                    first in odd rounds and ec42 first in even ones; figures are the
+#                    means, and each ratio is printed with its range over the rounds
 #   --keep           keep the stores, the cluster state file and every job's JSON
 set -euo pipefail
 
@@ -42,9 +45,16 @@ NODES=6
 SEQ_WRITE=write-1M-qd8   # first: allocates the span the others use
 AFTER=(read-1M-qd8 randread-4k-qd32 randwrite-4k-qd32 write-4k-qd32)   # over what it wrote on both VDIs
 EC_VDI=ec42
+ROUNDS=1
 
-while [ $# -gt 0 ]; do cluster_arg "$@"; shift "$ARGS_USED"; done
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --rounds) ROUNDS=${2:?--rounds needs a value}; shift 2 ;;
+        *) cluster_arg "$@"; shift "$ARGS_USED" ;;
+    esac
+done
 check_cluster_args "$NODES"
+need_positive "$ROUNDS" --rounds
 
 # One size in bytes for fio and nbdinfo, and one spelling for dog.
 read_size "$SIZE" 1G
@@ -68,7 +78,7 @@ echo "$ec_out" >>"$WORK/dog.log"
 for v in "${VDIS[@]}"; do wait_export "nbd://127.0.0.1:$NBD_PORT/$v" "$SIZE_BYTES"; done
 "$DOG" -p "$DOG_PORT" vdi list >&2
 
-say "about $(((1 + ${#AFTER[@]}) * ${#VDIS[@]} * RUNTIME)) s of fio ..."
+say "about $(((1 + ${#AFTER[@]} * ROUNDS) * ${#VDIS[@]} * RUNTIME)) s of fio ..."
 # Each job on c3 then ec42 back to back, so drift in the disk's speed over the run lands
 # on both VDIs of a job rather than between them. A failed run is reported and shows as
 # "err" in the table, so it does not cost the other figures.
@@ -96,12 +106,19 @@ IFS=, read -r -a WROTE_VDIS <<<"${WROTE/#-/}"
 if [ "$SPAN" -gt 0 ]; then
     say "$SEQ_WRITE wrote the first $((SPAN / MIB)) MiB of the span on ${WROTE_VDIS[*]}: ${AFTER[*]} run over it there"
     # The disk's read counter around each job: a small write on ec42 reads what it
-    # keeps (docs/erasure.md, Performance), three copies read nothing.
-    for j in "${AFTER[@]}"; do
-        for v in "${WROTE_VDIS[@]}"; do
-            before=$(disk_reads "$DIR")
-            run_fio "$j" "$v" nbd "uri=nbd://127.0.0.1:$NBD_PORT/$v" "$SPAN" "$RUNTIME" || true
-            echo $(($(disk_reads "$DIR") - before)) >"$WORK/$j.$v.reads"
+    # keeps (docs/erasure.md, Performance), three copies read nothing. Even rounds run
+    # the VDIs in reverse order, so that what one leaves behind (compaction, say)
+    # does not always land on the other.
+    for ((r = 1; r <= ROUNDS; r++)); do
+        order=("${WROTE_VDIS[@]}")
+        if ((r % 2 == 0)); then order=(); for v in "${WROTE_VDIS[@]}"; do order=("$v" "${order[@]}"); done; fi
+        [ "$ROUNDS" = 1 ] || say "round $r of $ROUNDS: ${order[*]}"
+        for j in "${AFTER[@]}"; do
+            for v in "${order[@]}"; do
+                before=$(disk_reads "$DIR")
+                run_fio "$j" "$v.$r" nbd "uri=nbd://127.0.0.1:$NBD_PORT/$v" "$SPAN" "$RUNTIME" || true
+                echo $(($(disk_reads "$DIR") - before)) >"$WORK/$j.$v.$r.reads"
+            done
         done
     done
 else
@@ -112,9 +129,9 @@ fi
 stop_sheep
 
 fio_py "$WORK" "$SIZE_DOG" "$SIZE_BYTES" "$SPAN" "$WROTE" "$RUNTIME" "$BASE_PORT" "$NBD_PORT" \
-       "$EC_ERROR" "$(disk_limits)" "$SEQ_WRITE" "${AFTER[@]}" <<'EOF'
-work, size, size_bytes, span, wrote, seconds, base_port, nbd_port, ec_error, limits, seq, *after = sys.argv[1:]
-size_bytes, span, wrote = int(size_bytes), int(span), wrote.split(",")
+       "$EC_ERROR" "$(disk_limits)" "$ROUNDS" "$SEQ_WRITE" "${AFTER[@]}" <<'EOF'
+work, size, size_bytes, span, wrote, seconds, base_port, nbd_port, ec_error, limits, rounds, seq, *after = sys.argv[1:]
+size_bytes, span, wrote, rounds = int(size_bytes), int(span), wrote.split(","), int(rounds)
 jobs = [seq] + after
 VDIS = (("c3", "c3 (-c 3)"), ("ec42", "ec42 (-c 4:2)"))
 # job -> (what it is, direction fio reports, the figure compared, target for ec42/c3)
@@ -128,12 +145,33 @@ WHAT = {
 UNIT = {"mib_s": "MiB/s", "iops": "IOPS"}
 SMALL_WRITES = ("randwrite-4k-qd32", "write-4k-qd32")   # their disk reads per write are printed
 
+def round_runs(job, vdi):
+    """The figures of each round of a job after the sequential write (or "err")."""
+    return [run_figures(f"{work}/{job}.{vdi}.{r}.json", WHAT[job][1]) for r in range(1, rounds + 1)]
+
 def load(job, vdi):
-    """The figures of one run; "n/a" if it did not run (no ec42, or nothing written on
-    the VDI to read), "err" if it failed."""
+    """The figures of a job on a VDI: of its one run, or the mean of its rounds (ops and
+    bytes summed); "n/a" if it did not run (no ec42, or nothing written on the VDI to
+    read), "err" if it (or any of its rounds) failed."""
     if (vdi == "ec42" and ec_error) or (job != seq and vdi not in wrote):
         return "n/a"
-    return run_figures(f"{work}/{job}.{vdi}.json", WHAT[job][1])
+    if job == seq:
+        return run_figures(f"{work}/{job}.{vdi}.json", WHAT[job][1])
+    runs = round_runs(job, vdi)
+    if any(not isinstance(f, dict) for f in runs):
+        return "err"
+    mean = {k: sum(f[k] for f in runs) / len(runs) for k in ("iops", "mib_s", "p50", "p99")}
+    return mean | {k: sum(f[k] for f in runs) for k in ("ops", "bytes")}
+
+def round_ratios(job, key):
+    """The ec42/c3 ratio of each of a job's rounds; None if it ran once or a round is
+    missing."""
+    if job == seq or rounds == 1 or ec_error or not {"c3", "ec42"} <= set(wrote):
+        return None
+    pairs = zip(round_runs(job, "c3"), round_runs(job, "ec42"))
+    rs = [e[key] / c[key] if isinstance(c, dict) and isinstance(e, dict) and c[key] else None
+          for c, e in pairs]
+    return None if None in rs else rs
 
 def fig(f, key):
     """One figure of a run as the tables print it, or the run's n/a/err."""
@@ -153,6 +191,10 @@ for job in jobs:
     c3, ec = runs["c3"], runs["ec42"]
     ratio = ec[key] / c3[key] if isinstance(c3, dict) and isinstance(ec, dict) and c3[key] else None
     rtext = "n/a" if ratio is None else f"{ratio:.2f}"
+    each = round_ratios(job, key)
+    if ratio is not None and each:
+        print(f"ec42 / c3 by round: {' '.join(f'{r:.2f}' for r in each)}")
+        rtext += f" ({min(each):.2f}-{max(each):.2f})"
     if target is None:
         ttext, verdict = "-", "-"
         print(f"ec42 / c3 = {rtext}   no target")
@@ -169,6 +211,11 @@ print()
 print(f"6 sheep -n on one machine and one disk (zones 0-5, ports {base_port}-{int(base_port) + 5}),")
 print(f"cluster formatted -c 3; VDIs c3 (-c 3) and ec42 (-c 4:2) of {size}, not prefilled; fio's")
 print(f"nbd engine through node 0 (nbd://127.0.0.1:{nbd_port}/VDI), {seconds} s per job and VDI.")
+if rounds > 1:
+    print(f"The jobs after {seq} ran {rounds} rounds: their figures are means, and each")
+    print("ratio is the ratio of the means with the lowest and highest round's in brackets")
+    print("(each job's table shows every round's). Later rounds run on what the random")
+    print("writes of the earlier ones left: objects in many small pieces.")
 print(f"Disk limits (--disk): {limits}.")
 print("Bytes to the disk per byte written: ideally 3 for c3, 1.5 for ec42 (measured below).")
 print("p50us/p99us: fio's completion latency (clat). Every job has one block size, so a ratio")
@@ -191,7 +238,8 @@ for job in (j for j in SMALL_WRITES if j in after):
         f = load(job, vdi)
         if isinstance(f, dict) and f["ops"]:
             try:
-                reads = int(open(f"{work}/{job}.{vdi}.reads").read())
+                reads = sum(int(open(f"{work}/{job}.{vdi}.{r}.reads").read())
+                            for r in range(1, rounds + 1))
             except (OSError, ValueError):
                 continue
             print(f"{job} on {vdi}: {reads / f['ops']:.2f} disk reads per write "
