@@ -259,7 +259,7 @@ mod tests {
         );
         assert_eq!(back.objects[&1].version, 5);
         assert_eq!(back.live, ix.live);
-        assert_eq!(back.live[&3], 8192 - r.footprint(100, 110));
+        assert_eq!(back.live[&3], r.disk_bytes() - r.footprint(100, 110));
         assert_eq!(back.objects[&1].used(), 4990);
         assert!(decode(&bytes, 8, 42).is_none(), "wrong partition");
         let body_len = bytes.len() - BLOCK - bytes.iter().rev().take_while(|&&b| b == 0).count();

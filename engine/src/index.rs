@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use crate::format::BLOCK;
+use crate::format::{BLOCK, INLINE_MAX, RECORD_HEADER_LEN};
 
 /// One stored payload: a Write or Relocate record's bytes in a segment, with the CRC32C
 /// of each 4 KiB chunk. Shared by every extent that still points into it.
@@ -19,17 +19,29 @@ pub struct RecordLoc {
 }
 
 impl RecordLoc {
-    /// The disk bytes that payload bytes `[a, b)` of this record stand for. A payload
-    /// takes whole blocks, so a 32-byte record (an erasure-coded fragment's header
-    /// entry) holds a 4 KiB block: each byte stands for its share of the record's
-    /// blocks. Additive: the parts of a range weigh what the range weighs, so live
-    /// bytes stay exact however extents are split, and a whole record weighs its
-    /// blocks.
+    /// The disk bytes that payload bytes `[a, b)` of this record stand for: each byte
+    /// its share of [`RecordLoc::disk_bytes`]. Additive: the parts of a range weigh
+    /// what the range weighs, so live bytes stay exact however extents are split, and
+    /// a whole record weighs all it takes.
     pub fn footprint(&self, a: u64, b: u64) -> u64 {
-        let blocks = self.len.next_multiple_of(BLOCK as u64);
+        let blocks = self.disk_bytes();
         // Both are below 2^24 (a record is at most a segment's max_record).
         let at = |x: u64| (u128::from(x) * u128::from(blocks) / u128::from(self.len.max(1))) as u64;
         at(b) - at(a)
+    }
+
+    /// What the record takes in its segment: its header and CRCs in the batch's
+    /// metadata, and its payload, packed there too if shorter than [`INLINE_MAX`], else
+    /// in whole blocks of its own (a 1100-byte payload takes 4 KiB). Payload bytes
+    /// alone would make a segment of small live records (an EC fragment's 32-byte
+    /// header entries) look nearly empty however live it is.
+    pub fn disk_bytes(&self) -> u64 {
+        let payload = if self.len < INLINE_MAX {
+            self.len
+        } else {
+            self.len.next_multiple_of(BLOCK as u64)
+        };
+        RECORD_HEADER_LEN as u64 + 4 * self.crcs.len() as u64 + payload
     }
 }
 
@@ -444,9 +456,11 @@ mod tests {
                 Piece::Hole { len: 2000 },
             ]
         );
-        // Live bytes are disk bytes: a's 10000 bytes hold 3 blocks, b's 100 bytes one.
-        assert_eq!(ix.live[&1], 12288 - a.footprint(5000, 5100));
-        assert_eq!(ix.live[&2], 4096);
+        // Live bytes are disk bytes: a's 10000 bytes hold 3 blocks; b's 100 bytes are
+        // packed into a batch's metadata. Each has a header and a CRC per 4 KiB.
+        assert_eq!(ix.live[&1], a.disk_bytes() - a.footprint(5000, 5100));
+        assert_eq!(a.disk_bytes(), RECORD_HEADER_LEN as u64 + 4 * 3 + 12288);
+        assert_eq!(ix.live[&2], RECORD_HEADER_LEN as u64 + 4 + 100);
         assert_eq!(ix.objects[&7].used(), 10000);
         ix.apply(IndexOp::Discard {
             oid: 7,
@@ -466,9 +480,16 @@ mod tests {
 
     #[test]
     fn a_record_weighs_its_blocks_however_it_is_split() {
-        for len in [1, 32, 4095, 4096, 4097, 10000, 1 << 20] {
+        for len in [1, 32, 1023, 1024, 4095, 4096, 4097, 10000, 1 << 20] {
             let r = rec(1, 0, len);
-            let blocks = len.next_multiple_of(4096);
+            // Header and CRCs, then packed payloads weigh their bytes, the others
+            // their blocks.
+            let payload = if len < INLINE_MAX {
+                len
+            } else {
+                len.next_multiple_of(4096)
+            };
+            let blocks = RECORD_HEADER_LEN as u64 + 4 * len.div_ceil(4096) + payload;
             assert_eq!(r.footprint(0, len), blocks, "len {len}");
             let cuts = [0, len / 7, len / 3, len / 2, len - len / 5, len];
             let sum: u64 = cuts.windows(2).map(|w| r.footprint(w[0], w[1])).sum();

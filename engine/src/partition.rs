@@ -162,8 +162,14 @@ pub struct Partition {
     ckpt_lock: glommio::sync::Semaphore,
 }
 
+/// True if a payload of `len` bytes is packed into its batch's metadata blocks.
+fn is_inline(len: u64) -> bool {
+    len < INLINE_MAX
+}
+
 /// The segment bytes `[start, end)` that hold `len` bytes at `skip` of record `rec`:
-/// whole CRC32C chunks, so they can be checked (BLOCK-aligned, as payloads are).
+/// whole CRC32C chunks, so they can be checked. Not aligned for a packed payload
+/// ([`INLINE_MAX`]): read them with [`read_span`].
 fn piece_span(rec: &RecordLoc, skip: u64, len: u64) -> (u64, u64) {
     let c = CRC_CHUNK as u64;
     (
@@ -195,6 +201,17 @@ pub(crate) fn sync_dir(dir: &Path) -> Result<()> {
     std::fs::File::open(dir)
         .and_then(|d| d.sync_all())
         .map_err(|e| StoreError::io(format!("syncing directory {}", dir.display()), e))
+}
+
+/// Reads segment bytes `[start, end)` with one aligned read around them; the bytes
+/// from `start` on (possibly fewer than asked at the end of the file).
+async fn read_span(file: &DmaFile, start: u64, end: u64) -> Result<Vec<u8>> {
+    let a = align_down(start);
+    let r = file
+        .read_at_aligned(a, (align_up(end) - a) as usize)
+        .await
+        .map_err(|e| from_glommio("reading segment", e))?;
+    Ok(r.get((start - a) as usize..).unwrap_or_default().to_vec())
 }
 
 async fn read_exact(file: &DmaFile, pos: u64, len: usize, what: &str) -> Result<Vec<u8>> {
@@ -708,15 +725,28 @@ impl Partition {
                 .iter()
                 .map(|p| RECORD_HEADER_LEN + 4 * p.crcs.len())
                 .sum::<usize>();
-        let meta_len = align_up(meta_used as u64);
-        let mut cursor = meta_len;
+        // Small payloads right after the record headers, in the metadata blocks; the
+        // others each from a block boundary after them.
+        let mut packed = meta_used as u64;
+        for p in batch {
+            if let Some(d) = p.payload.as_ref().filter(|d| is_inline(d.len() as u64)) {
+                packed += d.len() as u64;
+            }
+        }
+        let meta_len = align_up(packed);
+        let (mut packed, mut cursor) = (meta_used as u64, meta_len);
         let mut headers = Vec::with_capacity(batch.len());
         for p in batch {
             let mut h = p.header;
             if let Some(d) = &p.payload {
-                h.payload_off = cursor as u32;
                 h.crc_count = p.crcs.len() as u32;
-                cursor += align_up(d.len() as u64);
+                if is_inline(d.len() as u64) {
+                    h.payload_off = packed as u32;
+                    packed += d.len() as u64;
+                } else {
+                    h.payload_off = cursor as u32;
+                    cursor += align_up(d.len() as u64);
+                }
             }
             headers.push(h);
         }
@@ -758,7 +788,11 @@ impl Partition {
             if let Some(d) = &p.payload {
                 let s = h.payload_off as usize;
                 bytes[s..s + d.len()].copy_from_slice(d);
-                bytes[s + d.len()..s + align_up(d.len() as u64) as usize].fill(0);
+                if !is_inline(d.len() as u64) {
+                    // Packed payloads sit in the zeroed meta region; the others pad
+                    // to their block.
+                    bytes[s + d.len()..s + align_up(d.len() as u64) as usize].fill(0);
+                }
             }
         }
 
@@ -952,10 +986,7 @@ impl Partition {
         dst: &mut [u8],
     ) -> Result<()> {
         let (start, end) = piece_span(&rec, skip, len);
-        let data = file
-            .read_at_aligned(start, (end - start) as usize)
-            .await
-            .map_err(|e| from_glommio("reading segment", e))?;
+        let data = read_span(&file, start, end).await?;
         self.check_piece(&data, &rec, skip, len, oid, obj_off, dst)
     }
 
@@ -1231,7 +1262,7 @@ impl Partition {
             }
             // A window the disk cannot read is read extent by extent, so that only
             // the damaged ones stay behind.
-            let window = file.read_at_aligned(w0, (w1 - w0) as usize).await.ok();
+            let window = read_span(&file, w0, w1).await.ok();
             let mut copies = Vec::new();
             for (oid, start, len, rec, skip) in &extents[i..j] {
                 let (oid, start, len, skip) = (*oid, *start, *len, *skip);
@@ -1426,11 +1457,15 @@ async fn scan_batch(
         let kind = RecordKind::from_u8(h.kind)?;
         let n = h.crc_count as usize;
         if kind.has_payload() {
-            if n as u64 != crc_count(h.len as u64)
-                || !(h.payload_off as u64).is_multiple_of(BLOCK as u64)
-                || (h.payload_off as u64) < bh.meta_len as u64
-                || h.payload_off as u64 + h.len as u64 > bh.total_len
-            {
+            let (at, len) = (h.payload_off as u64, h.len as u64);
+            let placed = if is_inline(len) {
+                at >= bh.meta_used as u64 && at + len <= bh.meta_len as u64
+            } else {
+                at.is_multiple_of(BLOCK as u64)
+                    && at >= bh.meta_len as u64
+                    && at + len <= bh.total_len
+            };
+            if n as u64 != crc_count(len) || !placed {
                 return None;
             }
         } else if n != 0 {
@@ -1497,16 +1532,12 @@ async fn payloads_ok(file: &DmaFile, ops: &[IndexOp], nonce: u32) -> bool {
         if rec.len == 0 {
             continue;
         }
-        let Ok(data) = read_exact(
-            file,
-            rec.payload_pos,
-            align_up(rec.len) as usize,
-            "verifying log tail",
-        )
-        .await
-        else {
+        let Ok(data) = read_span(file, rec.payload_pos, rec.payload_pos + rec.len).await else {
             return false;
         };
+        if data.len() < rec.len as usize {
+            return false;
+        }
         let good = data[..rec.len as usize]
             .chunks(CRC_CHUNK)
             .zip(rec.crcs.iter())

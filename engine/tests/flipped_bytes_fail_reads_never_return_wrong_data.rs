@@ -57,6 +57,8 @@ fn fill(store: &Store) -> HashMap<u64, Vec<u8>> {
             (100_000, 5_000),
             (1_000_000, 2_000_000),
             (4_000_000, 194_304),
+            // Small enough to be packed into its batch's metadata blocks.
+            (3_500_000, 40),
         ]
         .into_iter()
         .enumerate()
@@ -126,17 +128,7 @@ fn flip_in_live_data_fails_only_that_chunk() {
     store.shutdown().unwrap();
     // Find where object 3's bytes at offset 1_500_000 live: search the segments for them.
     let o = (0x99 << 32) | 3;
-    let needle = &model[&o][1_500_000..1_500_064];
-    let (seg, pos) = segments(dir.path())
-        .into_iter()
-        .find_map(|s| {
-            let bytes = std::fs::read(&s).unwrap();
-            bytes
-                .windows(64)
-                .position(|w| w == needle)
-                .map(|p| (s, p as u64))
-        })
-        .expect("payload found in a segment");
+    let (seg, pos) = find(dir.path(), &model[&o][1_500_000..1_500_064]);
     flip(&seg, pos + 10);
     let store = Store::open(cfg).unwrap();
     let err = store.read(o, 1_500_000, 100).unwrap_err();
@@ -156,6 +148,47 @@ fn flip_in_live_data_fails_only_that_chunk() {
         failed, 1,
         "exactly the one 64 KiB piece holding the flip fails"
     );
+    store.shutdown().unwrap();
+}
+
+/// The segment and offset where `needle` is stored.
+fn find(dir: &Path, needle: &[u8]) -> (PathBuf, u64) {
+    segments(dir)
+        .into_iter()
+        .find_map(|s| {
+            let bytes = std::fs::read(&s).unwrap();
+            bytes
+                .windows(needle.len())
+                .position(|w| w == needle)
+                .map(|p| (s, p as u64))
+        })
+        .expect("payload found in a segment")
+}
+
+/// A payload packed into its batch's metadata blocks (under 1 KiB) is checked as any
+/// other: a flip in it fails the reads of it, and nothing else.
+#[test]
+fn flip_in_a_packed_payload_fails_only_it() {
+    let dir = test_dir("bitrot-packed");
+    let cfg = small_config(dir.path());
+    let store = Store::open(cfg.clone()).unwrap();
+    let model = fill(&store);
+    store.shutdown().unwrap();
+    let o = (0x99 << 32) | 2;
+    let (seg, pos) = find(dir.path(), &model[&o][3_500_000..3_500_040]);
+    assert_ne!(
+        pos % 4096,
+        0,
+        "a packed payload sits after its batch's headers"
+    );
+    flip(&seg, pos + 20);
+    let store = Store::open(cfg).unwrap();
+    let err = store.read(o, 3_500_000, 40).unwrap_err();
+    assert!(
+        matches!(err, StoreError::Checksum { oid, .. } if oid == o),
+        "{err}"
+    );
+    assert_eq!(check(&store, &model), 1, "only the piece holding it fails");
     store.shutdown().unwrap();
 }
 
