@@ -102,8 +102,9 @@ const SEG_CRC_OFF: usize = std::mem::size_of::<SegmentHeader>() - 4;
 
 /// Starts every batch (one group commit) at a BLOCK-aligned offset in a segment.
 /// Layout of a batch: `BatchHeader`, then per record a `RecordHeader` followed by its
-/// payload CRCs (`u32` each), zero padding to BLOCK (the *meta region*, `meta_len`
-/// bytes), then the payloads, each starting BLOCK-aligned (the *payload region*).
+/// payload CRCs (`u32` each), the payloads shorter than [`INLINE_MAX`] back to back,
+/// zero padding to BLOCK (the *meta region*, `meta_len` bytes), then the other
+/// payloads, each starting BLOCK-aligned (the *payload region*).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable, PartialEq, Eq)]
 pub struct BatchHeader {
@@ -182,7 +183,8 @@ pub struct RecordHeader {
     /// Size of the object this record belongs to (fixed at the object's first write).
     pub object_size: u32,
     pub epoch: u32,
-    /// Offset of the payload from the start of the batch (BLOCK-aligned), 0 if none.
+    /// Offset of the payload from the start of the batch (BLOCK-aligned in the payload
+    /// region, or packed in the meta region if shorter than [`INLINE_MAX`]), 0 if none.
     pub payload_off: u32,
     /// Number of `u32` CRCs that follow: one per [`CRC_CHUNK`] of payload.
     pub crc_count: u32,

@@ -12,7 +12,8 @@ use crate::format::{BLOCK, INLINE_MAX, RECORD_HEADER_LEN};
 #[derive(Debug, PartialEq, Eq)]
 pub struct RecordLoc {
     pub segment: u64,
-    /// File offset of the first payload byte in the segment (BLOCK-aligned).
+    /// File offset of the first payload byte in the segment (BLOCK-aligned, unless the
+    /// payload is packed into its batch's metadata: shorter than [`INLINE_MAX`]).
     pub payload_pos: u64,
     pub len: u64,
     pub crcs: Box<[u32]>,
@@ -121,8 +122,11 @@ impl ObjectIndex {
     }
 
     /// Adds an extent at `start` that overlaps none (a checkpoint being loaded);
-    /// `false` if it would overlap one, which is left as it was.
+    /// `false` if it is empty or would overlap one (nothing is changed then).
     pub fn load(&mut self, start: u64, e: Extent) -> bool {
+        if e.len == 0 {
+            return false;
+        }
         let end = start + e.len;
         let before = self.extents.range(..end).next_back();
         if before.is_some_and(|(&s, x)| s + x.len > start) {
@@ -594,6 +598,24 @@ mod tests {
         );
         assert_eq!(ix.live[&1], 0);
         assert_eq!(ix.live[&4], c.footprint(0, 1000) + c.footprint(1100, 8192));
+    }
+
+    #[test]
+    fn loading_refuses_empty_and_overlapping_extents() {
+        let mut o = ObjectIndex::new(1 << 20, 1, 1);
+        let r = rec(1, 0, 8192);
+        let e = |len, skip| Extent {
+            len,
+            rec: r.clone(),
+            skip,
+        };
+        assert!(o.load(4096, e(4096, 0)));
+        assert!(!o.load(4096, e(0, 0)), "empty");
+        assert!(!o.load(0, e(4097, 0)), "reaches into the next");
+        assert!(!o.load(8191, e(1, 4095)), "starts inside the last");
+        assert!(o.load(0, e(4096, 4096)));
+        assert_eq!(o.used(), 8192);
+        assert_eq!(o.extents().len(), 2);
     }
 
     #[test]

@@ -172,9 +172,10 @@ fn is_inline(len: u64) -> bool {
 /// ([`INLINE_MAX`]): read them with [`read_span`].
 fn piece_span(rec: &RecordLoc, skip: u64, len: u64) -> (u64, u64) {
     let c = CRC_CHUNK as u64;
+    // Not past the payload's end: a packed payload's next 4 KiB belong to others.
     (
         rec.payload_pos + skip / c * c,
-        rec.payload_pos + (skip + len).div_ceil(c) * c,
+        rec.payload_pos + ((skip + len).div_ceil(c) * c).min(rec.len),
     )
 }
 
@@ -705,7 +706,14 @@ impl Partition {
         for p in &st.pending {
             let need = RECORD_HEADER_LEN as u64
                 + 4 * p.crcs.len() as u64
-                + p.payload.as_ref().map_or(0, |d| align_up(d.len() as u64));
+                + p.payload.as_ref().map_or(0, |d| {
+                    let len = d.len() as u64;
+                    if is_inline(len) {
+                        len
+                    } else {
+                        align_up(len)
+                    }
+                });
             if n > 0 && (bytes + need + BLOCK as u64 > max || n >= MAX_BATCH_RECORDS) {
                 break;
             }
