@@ -11,7 +11,7 @@ use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
-use collie_engine::{Store, StoreError};
+use collie_engine::{Store, StoreConfig, StoreError};
 use rand::{Rng, SeedableRng};
 use support::*;
 
@@ -72,6 +72,17 @@ fn fill(store: &Store) -> HashMap<u64, Vec<u8>> {
     model
 }
 
+/// A store in a new directory `name`, filled (see [`fill`]) and shut down: its
+/// directory, config and model.
+fn filled(name: &str) -> (tempfile::TempDir, StoreConfig, HashMap<u64, Vec<u8>>) {
+    let dir = test_dir(name);
+    let cfg = small_config(dir.path());
+    let store = Store::open(cfg.clone()).unwrap();
+    let model = fill(&store);
+    store.shutdown().unwrap();
+    (dir, cfg, model)
+}
+
 /// Reads every object in 64 KiB pieces: each piece is right or a checksum error.
 fn check(store: &Store, model: &HashMap<u64, Vec<u8>>) -> u64 {
     let mut failed = 0;
@@ -92,11 +103,7 @@ fn check(store: &Store, model: &HashMap<u64, Vec<u8>>) -> u64 {
 
 #[test]
 fn random_flips_anywhere_in_segments() {
-    let dir = test_dir("bitrot");
-    let cfg = small_config(dir.path());
-    let store = Store::open(cfg.clone()).unwrap();
-    let model = fill(&store);
-    store.shutdown().unwrap();
+    let (dir, cfg, model) = filled("bitrot");
     let mut rng = rand::rngs::StdRng::seed_from_u64(7);
     let mut detected = 0;
     for _ in 0..25 {
@@ -121,11 +128,7 @@ fn random_flips_anywhere_in_segments() {
 
 #[test]
 fn flip_in_live_data_fails_only_that_chunk() {
-    let dir = test_dir("bitrot-live");
-    let cfg = small_config(dir.path());
-    let store = Store::open(cfg.clone()).unwrap();
-    let model = fill(&store);
-    store.shutdown().unwrap();
+    let (dir, cfg, model) = filled("bitrot-live");
     // Find where object 3's bytes at offset 1_500_000 live: search the segments for them.
     let o = (0x99 << 32) | 3;
     let (seg, pos) = find(dir.path(), &model[&o][1_500_000..1_500_064]);
@@ -169,11 +172,7 @@ fn find(dir: &Path, needle: &[u8]) -> (PathBuf, u64) {
 /// other: a flip in it fails the reads of it, and nothing else.
 #[test]
 fn flip_in_a_packed_payload_fails_only_it() {
-    let dir = test_dir("bitrot-packed");
-    let cfg = small_config(dir.path());
-    let store = Store::open(cfg.clone()).unwrap();
-    let model = fill(&store);
-    store.shutdown().unwrap();
+    let (dir, cfg, model) = filled("bitrot-packed");
     let o = (0x99 << 32) | 2;
     let (seg, pos) = find(dir.path(), &model[&o][3_500_000..3_500_040]);
     assert_ne!(
