@@ -23,6 +23,21 @@ pub const FORMAT_VERSION: u32 = 2;
 /// cost a 4 KiB block, doubling what a small write puts on disk.
 pub const INLINE_MAX: u64 = 1024;
 
+/// True if a payload of `len` bytes is packed into its batch's metadata blocks.
+pub const fn is_packed(len: u64) -> bool {
+    len < INLINE_MAX
+}
+
+/// The segment bytes a payload of `len` bytes takes: itself if packed, else whole
+/// blocks.
+pub const fn payload_disk_len(len: u64) -> u64 {
+    if is_packed(len) {
+        len
+    } else {
+        align_up(len)
+    }
+}
+
 pub const SUPERBLOCK_MAGIC: [u8; 8] = *b"COLLIESB";
 pub const SEGMENT_MAGIC: [u8; 8] = *b"COLLSEG1";
 pub const BATCH_MAGIC: u32 = u32::from_le_bytes(*b"CLBH");

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::rc::Rc;
 
-use crate::format::{BLOCK, INLINE_MAX, RECORD_HEADER_LEN};
+use crate::format::{payload_disk_len, RECORD_HEADER_LEN};
 
 /// One stored payload: a Write or Relocate record's bytes in a segment, with the CRC32C
 /// of each 4 KiB chunk. Shared by every extent that still points into it.
@@ -13,7 +13,7 @@ use crate::format::{BLOCK, INLINE_MAX, RECORD_HEADER_LEN};
 pub struct RecordLoc {
     pub segment: u64,
     /// File offset of the first payload byte in the segment (BLOCK-aligned, unless the
-    /// payload is packed into its batch's metadata: shorter than [`INLINE_MAX`]).
+    /// payload is packed into its batch's metadata: shorter than [`INLINE_MAX`](crate::format::INLINE_MAX)).
     pub payload_pos: u64,
     pub len: u64,
     pub crcs: Box<[u32]>,
@@ -25,24 +25,18 @@ impl RecordLoc {
     /// what the range weighs, so live bytes stay exact however extents are split, and
     /// a whole record weighs all it takes.
     pub fn footprint(&self, a: u64, b: u64) -> u64 {
-        let blocks = self.disk_bytes();
-        // Both are below 2^24 (a record is at most a segment's max_record).
-        let at = |x: u64| (u128::from(x) * u128::from(blocks) / u128::from(self.len.max(1))) as u64;
+        let total = self.disk_bytes();
+        let at = |x: u64| (u128::from(x) * u128::from(total) / u128::from(self.len.max(1))) as u64;
         at(b) - at(a)
     }
 
     /// What the record takes in its segment: its header and CRCs in the batch's
-    /// metadata, and its payload, packed there too if shorter than [`INLINE_MAX`], else
+    /// metadata, and its payload, packed there too if shorter than [`INLINE_MAX`](crate::format::INLINE_MAX), else
     /// in whole blocks of its own (a 1100-byte payload takes 4 KiB). Payload bytes
     /// alone would make a segment of small live records (an EC fragment's 32-byte
     /// header entries) look nearly empty however live it is.
     pub fn disk_bytes(&self) -> u64 {
-        let payload = if self.len < INLINE_MAX {
-            self.len
-        } else {
-            self.len.next_multiple_of(BLOCK as u64)
-        };
-        RECORD_HEADER_LEN as u64 + 4 * self.crcs.len() as u64 + payload
+        RECORD_HEADER_LEN as u64 + 4 * self.crcs.len() as u64 + payload_disk_len(self.len)
     }
 }
 
@@ -409,6 +403,7 @@ impl Index {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::format::INLINE_MAX;
 
     fn rec(segment: u64, pos: u64, len: u64) -> Rc<RecordLoc> {
         Rc::new(RecordLoc {

@@ -162,11 +162,6 @@ pub struct Partition {
     ckpt_lock: glommio::sync::Semaphore,
 }
 
-/// True if a payload of `len` bytes is packed into its batch's metadata blocks.
-fn is_inline(len: u64) -> bool {
-    len < INLINE_MAX
-}
-
 /// The segment bytes `[start, end)` that hold `len` bytes at `skip` of record `rec`:
 /// whole CRC32C chunks, so they can be checked. Not aligned for a packed payload
 /// ([`INLINE_MAX`]): read them with [`read_span`].
@@ -499,6 +494,25 @@ impl Partition {
         rx.await.map_err(|_| StoreError::Closed)?
     }
 
+    /// Queues `data` as records like `header` (which names the object offset of
+    /// `data`'s first byte), one per `max_record` bytes, each at its own offset.
+    fn submit_split<'a>(
+        self: &'a Rc<Self>,
+        header: RecordHeader,
+        data: &[u8],
+    ) -> impl Iterator<Item = impl std::future::Future<Output = Result<()>> + 'a> + 'a {
+        let max = self.cfg.max_record();
+        let chunks: Vec<Vec<u8>> = data.chunks(max as usize).map(<[u8]>::to_vec).collect();
+        chunks.into_iter().enumerate().map(move |(i, chunk)| {
+            let h = RecordHeader {
+                offset: header.offset + i as u64 * max,
+                len: chunk.len() as u32,
+                ..header
+            };
+            self.submit(h, Some(chunk))
+        })
+    }
+
     /// Writes `data` at `offset` of object `oid`, durably.
     pub async fn write(
         self: &Rc<Self>,
@@ -508,21 +522,16 @@ impl Partition {
         meta: WriteMeta,
     ) -> Result<()> {
         self.check_write(oid, offset, data.len() as u64, meta)?;
-        let max = self.cfg.max_record();
-        let parts = data.chunks(max as usize).enumerate().map(|(i, chunk)| {
-            let h = RecordHeader {
-                oid,
-                offset: offset + i as u64 * max,
-                version: meta.version,
-                len: chunk.len() as u32,
-                object_size: meta.object_size as u32,
-                epoch: meta.epoch,
-                kind: RecordKind::Write as u8,
-                ..bytemuck::Zeroable::zeroed()
-            };
-            self.submit(h, Some(chunk.to_vec()))
-        });
-        for r in futures::future::join_all(parts).await {
+        let h = RecordHeader {
+            oid,
+            offset,
+            version: meta.version,
+            object_size: meta.object_size as u32,
+            epoch: meta.epoch,
+            kind: RecordKind::Write as u8,
+            ..bytemuck::Zeroable::zeroed()
+        };
+        for r in futures::future::join_all(self.submit_split(h, data)).await {
             r?;
         }
         Ok(())
@@ -706,14 +715,9 @@ impl Partition {
         for p in &st.pending {
             let need = RECORD_HEADER_LEN as u64
                 + 4 * p.crcs.len() as u64
-                + p.payload.as_ref().map_or(0, |d| {
-                    let len = d.len() as u64;
-                    if is_inline(len) {
-                        len
-                    } else {
-                        align_up(len)
-                    }
-                });
+                + p.payload
+                    .as_ref()
+                    .map_or(0, |d| payload_disk_len(d.len() as u64));
             if n > 0 && (bytes + need + BLOCK as u64 > max || n >= MAX_BATCH_RECORDS) {
                 break;
             }
@@ -737,7 +741,7 @@ impl Partition {
         // others each from a block boundary after them.
         let mut packed = meta_used as u64;
         for p in batch {
-            if let Some(d) = p.payload.as_ref().filter(|d| is_inline(d.len() as u64)) {
+            if let Some(d) = p.payload.as_ref().filter(|d| is_packed(d.len() as u64)) {
                 packed += d.len() as u64;
             }
         }
@@ -748,12 +752,13 @@ impl Partition {
             let mut h = p.header;
             if let Some(d) = &p.payload {
                 h.crc_count = p.crcs.len() as u32;
-                if is_inline(d.len() as u64) {
+                let len = d.len() as u64;
+                if is_packed(len) {
                     h.payload_off = packed as u32;
-                    packed += d.len() as u64;
+                    packed += len;
                 } else {
                     h.payload_off = cursor as u32;
-                    cursor += align_up(d.len() as u64);
+                    cursor += payload_disk_len(len);
                 }
             }
             headers.push(h);
@@ -796,11 +801,9 @@ impl Partition {
             if let Some(d) = &p.payload {
                 let s = h.payload_off as usize;
                 bytes[s..s + d.len()].copy_from_slice(d);
-                if !is_inline(d.len() as u64) {
-                    // Packed payloads sit in the zeroed meta region; the others pad
-                    // to their block.
-                    bytes[s + d.len()..s + align_up(d.len() as u64) as usize].fill(0);
-                }
+                // Packed payloads sit in the zeroed meta region and take no padding;
+                // the others pad to their block.
+                bytes[s + d.len()..s + payload_disk_len(d.len() as u64) as usize].fill(0);
             }
         }
 
@@ -1293,22 +1296,18 @@ impl Partition {
                     continue;
                 }
                 let Some(info) = self.stat(oid) else { continue };
-                let max = self.cfg.max_record();
-                for (k, chunk) in data.chunks(max as usize).enumerate() {
-                    let h = RecordHeader {
-                        oid,
-                        offset: start + k as u64 * max,
-                        version: info.version,
-                        src_segment: rec.segment,
-                        src_payload_pos: rec.payload_pos,
-                        len: chunk.len() as u32,
-                        object_size: info.size as u32,
-                        epoch: info.epoch,
-                        kind: RecordKind::Relocate as u8,
-                        ..bytemuck::Zeroable::zeroed()
-                    };
-                    copies.push(self.submit(h, Some(chunk.to_vec())));
-                }
+                let h = RecordHeader {
+                    oid,
+                    offset: start,
+                    version: info.version,
+                    src_segment: rec.segment,
+                    src_payload_pos: rec.payload_pos,
+                    object_size: info.size as u32,
+                    epoch: info.epoch,
+                    kind: RecordKind::Relocate as u8,
+                    ..bytemuck::Zeroable::zeroed()
+                };
+                copies.extend(self.submit_split(h, &data));
             }
             for r in futures::future::join_all(copies).await {
                 r?;
@@ -1466,7 +1465,7 @@ async fn scan_batch(
         let n = h.crc_count as usize;
         if kind.has_payload() {
             let (at, len) = (h.payload_off as u64, h.len as u64);
-            let placed = if is_inline(len) {
+            let placed = if is_packed(len) {
                 at >= bh.meta_used as u64 && at + len <= bh.meta_len as u64
             } else {
                 at.is_multiple_of(BLOCK as u64)
